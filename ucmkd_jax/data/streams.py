@@ -1,0 +1,71 @@
+"""Batch streams for training: unpaired (two independent shuffles) or paired (same index).
+
+Each yields dicts ``{"x_s", "y_s", "x_t"}`` (plus ``"y_t"``) of numpy arrays with a fixed batch
+size (the last incomplete batch is dropped so the compiled step never sees a new shape).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ucmkd_jax.data.base import Split
+
+__all__ = ["steps_per_epoch", "train_batches", "eval_batches"]
+
+
+def steps_per_epoch(n_student: int, batch_size: int) -> int:
+    if n_student < batch_size:
+        raise ValueError(f"the student train split has {n_student} samples, fewer than one batch "
+                         f"of {batch_size}: lower --batch-size")
+    return n_student // batch_size
+
+
+def train_batches(student: Split, teacher: Split | None, batch_size: int, epoch_seed: np.random.SeedSequence,
+                  pairing: str = "unpaired") -> Iterator[dict]:
+    """One epoch of training batches.
+
+    pairing:
+      "unpaired": the teacher batch is drawn from its OWN independently shuffled stream (its own
+        RNG, cycled if it is shorter): never the student batch's partner.
+      "paired": x_t[i] is the partner of x_s[i] (same index in the two train splits).
+      "none": no teacher batch (methods that do not use the teacher).
+    """
+    s_rng, t_rng = (np.random.default_rng(s) for s in epoch_seed.spawn(2))
+    n = len(student)
+    order = s_rng.permutation(n)
+    if pairing == "unpaired":
+        m = len(teacher)
+        reps = -(-n // m)  # enough independent permutations to cover the epoch
+        t_order = np.concatenate([t_rng.permutation(m) for _ in range(reps)])
+    elif pairing == "paired":
+        if len(teacher) != n:
+            raise ValueError(f"paired batches need equal train splits, got {n} student and {len(teacher)} teacher samples")
+    elif pairing != "none":
+        raise ValueError(f"unknown pairing {pairing!r}")
+    for b in range(steps_per_epoch(n, batch_size)):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        batch = {"x_s": student.x[idx], "y_s": student.y[idx].astype(np.int32)}
+        if pairing == "unpaired":
+            t_idx = t_order[b * batch_size:(b + 1) * batch_size]
+        elif pairing == "paired":
+            t_idx = idx
+        else:
+            yield batch
+            continue
+        batch["x_t"], batch["y_t"] = teacher.x[t_idx], teacher.y[t_idx].astype(np.int32)
+        yield batch
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[tuple]:
+    """(x, y, mask) batches of exactly ``batch_size`` (the last one zero-padded, mask False)."""
+    n = len(split)
+    for start in range(0, n, batch_size):
+        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        k = len(y)
+        mask = np.ones(batch_size, bool)
+        if k < batch_size:
+            mask[k:] = False
+            x = np.concatenate([x, np.zeros((batch_size - k,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros(batch_size - k, y.dtype)])
+        yield x, y.astype(np.int32), mask

@@ -1,0 +1,165 @@
+"""What every method shares: the train state, the registry and the one compiled train step.
+
+A method is a function ``build(student, teacher, config) -> grads_fn`` with
+
+    grads_fn(params, batch_stats, teacher_variables, batch, lr)
+        -> (grads, new_batch_stats, metrics)
+
+pure and traceable. ``make_train_step`` wraps it into ONE jitted step that applies the outer
+optimiser, donates the state's buffers and records (without a host sync) the first step whose
+loss or gradient was not finite, so the loop can stop with a message naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from ucmkd_jax.losses.feature_alignment import FAConfig
+from ucmkd_jax.models.model import Model
+
+__all__ = ["TrainState", "MethodConfig", "MethodSpec", "register", "get_method", "METHODS",
+           "make_train_step", "create_train_state", "teacher_features"]
+
+
+class TrainState(struct.PyTreeNode):
+    """step: int32 scalar; params: {"encoder", "head"}; batch_stats; opt_state;
+    nonfinite_step: int32 scalar, -1 until the first step with a non-finite loss or gradient
+    (that step's update is skipped, so the state stays finite)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    nonfinite_step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Hyperparameters of the distillation methods (defaults: Table 12 and the authors' code).
+
+    Attributes:
+      lambda_fa, lambda_la: lambda_1, lambda_2 of Algorithm 1 (also FA / LA weights of
+        ``feature_kd`` / ``sumall``).
+      n1, n2: inner FA and LA steps (Table 12 "FA epoch", "LA epoch").
+      hypergrad: "first_order" (authors' code) or "unrolled" (exact total derivative).
+      inner_opt: "adamw" (authors' code, lr ``inner_lr``, wd ``inner_weight_decay``) or "sgd"
+        (Algorithm 1: the current outer learning rate).
+      la_grad: "head" (authors' code: the LA step moves only p') or "full" (Algorithm 1 line 11:
+        it moves phi' too).
+      fa: the OT solve (cost, epsilon, iterations).
+      kd_temperature, kd_alpha: ``vanilla_kd``'s T and alpha.
+    """
+
+    lambda_fa: float = 1.0
+    lambda_la: float = 1.0
+    n1: int = 1
+    n2: int = 1
+    hypergrad: str = "first_order"
+    inner_opt: str = "adamw"
+    inner_lr: float = 1e-5
+    inner_weight_decay: float = 0.05
+    inner_eps_root: float = 1e-8
+    la_grad: str = "head"
+    fa: FAConfig = FAConfig()
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+
+    def __post_init__(self):
+        if self.hypergrad not in ("first_order", "unrolled"):
+            raise ValueError(f"hypergrad must be 'first_order' or 'unrolled', got {self.hypergrad!r}")
+        if self.inner_opt not in ("adamw", "sgd"):
+            raise ValueError(f"inner_opt must be 'adamw' or 'sgd', got {self.inner_opt!r}")
+        if self.la_grad not in ("head", "full"):
+            raise ValueError(f"la_grad must be 'head' or 'full', got {self.la_grad!r}")
+        if self.n1 < 0 or self.n2 < 0:
+            raise ValueError(f"n1, n2 must be >= 0, got {self.n1}, {self.n2}")
+
+
+GradsFn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A registered method. ``build(student, teacher, config) -> grads_fn``.
+
+    uses_teacher: the step reads a teacher-modality batch ``x_t``;
+    needs_paired: ``x_t`` must be the paired partner of ``x_s`` (vanilla KD).
+    """
+
+    name: str
+    build: Callable[[Model, Optional[Model], MethodConfig], GradsFn]
+    uses_teacher: bool
+    needs_paired: bool
+    summary: str
+
+
+METHODS: Dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, uses_teacher: bool, needs_paired: bool = False, summary: str = ""):
+    """Decorator: ``@register("ce", uses_teacher=False)`` on a ``build`` function."""
+
+    def deco(build):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        METHODS[name] = MethodSpec(name, build, uses_teacher, needs_paired, summary)
+        return build
+
+    return deco
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def teacher_features(teacher: Model, teacher_variables, x_t):
+    """z_T = theta(x_T), frozen: inference-mode BatchNorm, no gradient. Returns (m, d)."""
+    p = teacher_variables["params"]
+    z, _ = teacher.encode(p["encoder"], teacher_variables["batch_stats"], x_t, train=False)
+    return jax.lax.stop_gradient(z)
+
+
+def create_train_state(variables, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh state. The variables are copied: the train step donates (and so deletes) the
+    state's buffers, which must not delete the caller's arrays."""
+    variables = jax.tree.map(jnp.array, variables)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def make_train_step(grads_fn: GradsFn, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, donate: bool = True):
+    """Compile ``grads_fn`` + the outer update into one step.
+
+    Returns ``step(state, teacher_variables, batch) -> (state, metrics)``, jitted, with the
+    state donated. ``metrics`` is a dict of float32 scalars (device arrays: no host sync).
+    """
+
+    def step(state: TrainState, teacher_variables, batch):
+        lr = schedule(state.step)
+        grads, new_stats, metrics = grads_fn(state.params, state.batch_stats, teacher_variables, batch, lr)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        gnorm = optax.global_norm(grads)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        metrics = dict(metrics, grad_norm=gnorm, lr=jnp.asarray(lr, jnp.float32))
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            batch_stats=keep(new_stats, state.batch_stats),
+            opt_state=keep(new_opt, state.opt_state),
+            nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
+        )
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())

@@ -1,0 +1,178 @@
+"""An encoder + linear head pair, applied as pure functions of explicit pytrees.
+
+``Model`` splits a classifier into ``encode(x) -> z`` and ``classify(z) -> logits`` so that the
+teacher's head can score student features, p_T(y | phi(x_S)) (paper, Sec. 2.1). Variables are a
+dict ``{"params": {"encoder": ..., "head": ...}, "batch_stats": {...}}``; every method takes and
+returns plain pytrees, so it can be jitted and differentiated through inner update steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ucmkd_jax.models.resnet import STAGES, ResNetEncoder
+
+__all__ = ["Model", "MLPEncoder", "build_model", "MODALITIES", "BACKBONES"]
+
+# Modality -> (input rank without batch, description used in error messages).
+MODALITIES = {
+    "audio": (3, "(N, H, W, C) spectrograms"),
+    "image": (3, "(N, H, W, C) images"),
+    "video": (4, "(N, T, H, W, C) frame stacks"),
+    "vector": (1, "(N, D) vectors"),
+}
+BACKBONES = tuple(STAGES) + ("mlp",)
+
+
+class MLPEncoder(nn.Module):
+    """(N, D) vectors -> (N, out_dim): ``depth`` Dense+BatchNorm+ReLU layers."""
+
+    hidden: int = 256
+    depth: int = 2
+    out_dim: int = 512
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool, return_stages: bool = False):
+        stages = []
+        for i in range(self.depth):
+            width = self.out_dim if i == self.depth - 1 else self.hidden
+            x = nn.Dense(width, dtype=self.dtype, name=f"dense{i + 1}")(x.astype(self.dtype))
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype, name=f"bn{i + 1}")(x)
+            x = nn.relu(x)
+            stages.append(x)
+        z = x.astype(jnp.float32)
+        return (z, stages) if return_stages else z
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A classifier of one modality, split into encoder and head.
+
+    Attributes:
+      encoder: Linen module, (N, *frame_shape) -> (N, latent_dim).
+      num_classes: K, the head's output size.
+      modality: one of ``MODALITIES``; "video" inputs are (N, T, H, W, C) and are encoded per
+        frame, then averaged over frames (and space, inside the encoder).
+      input_shape: the per-sample shape the model was built for (without the batch axis).
+      name: used in error messages ("teacher", "student").
+    """
+
+    encoder: nn.Module
+    num_classes: int
+    modality: str
+    input_shape: Tuple[int, ...]
+    name: str = "model"
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.encoder.out_dim)
+
+    @property
+    def head(self) -> nn.Dense:
+        return nn.Dense(self.num_classes, name="head")
+
+    # ------------------------------------------------------------------ checks
+    def check_input(self, x) -> None:
+        """Raise ValueError naming the model if ``x`` does not fit (rank, trailing shape)."""
+        rank, desc = MODALITIES[self.modality]
+        shape = tuple(x.shape)
+        if len(shape) != rank + 1:
+            raise ValueError(
+                f"{self.name} ({self.modality}) input has shape {shape}: expected {desc}, "
+                f"i.e. rank {rank + 1} with per-sample shape {self.input_shape}")
+        if shape[1:] != tuple(self.input_shape):
+            what = "channels" if shape[-1] != self.input_shape[-1] else "per-sample shape"
+            raise ValueError(
+                f"{self.name} ({self.modality}) input has {what} mismatch: got per-sample shape "
+                f"{shape[1:]}, the model was built for {tuple(self.input_shape)}")
+
+    # ------------------------------------------------------------------ pure functions
+    def init(self, rng: jax.Array) -> dict:
+        """Returns variables ``{"params": {"encoder", "head"}, "batch_stats"}``."""
+        k_enc, k_head = jax.random.split(rng)
+        x = jnp.zeros((2,) + tuple(self.input_shape), jnp.float32)
+        enc_vars = self.encoder.init(k_enc, self._frames(x), train=False)
+        head_params = self.head.init(k_head, jnp.zeros((1, self.latent_dim)))["params"]
+        return {"params": {"encoder": enc_vars["params"], "head": head_params},
+                "batch_stats": enc_vars.get("batch_stats", {})}
+
+    def _frames(self, x):
+        return x.reshape((-1,) + x.shape[2:]) if self.modality == "video" else x
+
+    def encode(self, encoder_params, batch_stats, x, train: bool, return_stages: bool = False):
+        """z = phi(x). Args: x (N, *input_shape). Returns (z (N, latent_dim) float32,
+        new batch_stats) and, with ``return_stages``, the per-stage feature maps as a third
+        element (frames folded into the batch axis for video). In eval mode batch_stats are
+        returned unchanged."""
+        self.check_input(x)
+        n = x.shape[0]
+        variables = {"params": encoder_params, "batch_stats": batch_stats}
+        if train:
+            out, updates = self.encoder.apply(variables, self._frames(x), train=True,
+                                              return_stages=return_stages, mutable=["batch_stats"])
+            new_stats = updates["batch_stats"]
+        else:
+            out = self.encoder.apply(variables, self._frames(x), train=False, return_stages=return_stages)
+            new_stats = batch_stats
+        z, stages = out if return_stages else (out, None)
+        if self.modality == "video":  # mean over frames of the spatially pooled map
+            z = z.reshape(n, -1, z.shape[-1]).mean(axis=1)
+        return (z, new_stats, stages) if return_stages else (z, new_stats)
+
+    def classify(self, head_params, z):
+        """logits = head(z). Args: z (N, latent_dim). Returns (N, num_classes) float32."""
+        return self.head.apply({"params": head_params}, z).astype(jnp.float32)
+
+    def apply(self, variables: dict, x, train: bool = False):
+        """Full classifier. Returns (logits, z, new batch_stats)."""
+        p = variables["params"]
+        z, stats = self.encode(p["encoder"], variables["batch_stats"], x, train)
+        return self.classify(p["head"], z), z, stats
+
+
+def build_model(modality: str, input_shape, num_classes: int, backbone: str = "resnet18",
+                width: int = 64, stem: str = "auto", dtype: Any = jnp.float32,
+                latent_dim: int | None = None, mlp_depth: int = 2, name: str = "model") -> Model:
+    """Build a ``Model`` for one modality.
+
+    Args:
+      modality: "audio", "image", "video" or "vector".
+      input_shape: per-sample shape: (H, W, C) for audio/image, (T, H, W, C) for video, (D,).
+      num_classes: K.
+      backbone: "resnet18", "resnet34", "resnet50" or "mlp" (vectors).
+      width: first-stage channels (64 = the paper's ResNet-18 with a 512-d latent).
+      stem: "imagenet", "small" or "auto" (small when min(H, W) < 64).
+      latent_dim: only for the MLP encoder (ResNet latents are fixed by width).
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(MODALITIES)}")
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != MODALITIES[modality][0]:
+        raise ValueError(f"{name}: modality {modality!r} needs {MODALITIES[modality][1]}, "
+                         f"got per-sample shape {input_shape}")
+    if num_classes < 2:
+        raise ValueError(f"{name}: num_classes must be >= 2, got {num_classes}")
+    if modality == "vector" or backbone == "mlp":
+        if modality != "vector":
+            raise ValueError(f"{name}: the mlp backbone takes (N, D) vectors, not {modality}")
+        encoder = MLPEncoder(hidden=max(4 * width, 8), depth=mlp_depth,
+                             out_dim=latent_dim or 8 * width, dtype=dtype)
+    else:
+        if backbone not in STAGES:
+            raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+        h, w = input_shape[-3], input_shape[-2]
+        if stem == "auto":
+            stem = "small" if min(h, w) < 64 else "imagenet"
+        sizes, block = STAGES[backbone]
+        encoder = ResNetEncoder(stage_sizes=sizes, block=block, width=width, stem=stem, dtype=dtype)
+        if latent_dim is not None and latent_dim != encoder.out_dim:
+            raise ValueError(f"{name}: {backbone} at width {width} has latent {encoder.out_dim}, "
+                             f"not the requested {latent_dim}")
+    return Model(encoder=encoder, num_classes=int(num_classes), modality=modality,
+                 input_shape=input_shape, name=name)

@@ -1,0 +1,130 @@
+"""ResNet-18/50 encoders (Flax Linen) with an audio stem and a per-frame visual stem.
+
+The encoder maps an input batch to a latent vector z (the globally pooled last feature map,
+``8 * width`` channels for ResNet-18, ``32 * width`` for ResNet-50; 512 / 2048 at the standard
+width 64). Linen is used on purpose: ``module.apply(variables, x)`` is a pure function of the
+(params, batch_stats) pytrees, which is what the bilevel step differentiates through several
+inner updates (Flax NNX needs ``merge(copy=True)`` gymnastics under nested ``jax.grad``).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+__all__ = ["ResNetEncoder", "BasicBlock", "Bottleneck", "STAGES"]
+
+# (blocks per stage, block kind) per depth, He et al. (2016), Table 1.
+STAGES = {
+    "resnet18": ((2, 2, 2, 2), "basic"),
+    "resnet34": ((3, 4, 6, 3), "basic"),
+    "resnet50": ((3, 4, 6, 3), "bottleneck"),
+}
+
+
+def _norm(train: bool, dtype: Any, name: str | None = None, zero_init: bool = False):
+    # momentum 0.9 == PyTorch's BatchNorm momentum 0.1; eps 1e-5 as in PyTorch.
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+        name=name,
+    )
+
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal, fan_out
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+
+    filters: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
+            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
+            kernel_init=_conv_init, dtype=self.dtype, name=name)
+        y = conv(self.filters, 3, self.strides, "conv1")(x)
+        y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+        y = conv(self.filters, 3, 1, "conv2")(y)
+        y = _norm(train, self.dtype, "bn2")(y)
+        if x.shape[-1] != self.filters or self.strides != 1:
+            x = conv(self.filters, 1, self.strides, "proj_conv")(x)
+            x = _norm(train, self.dtype, "proj_bn")(x)
+        return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4), torchvision's stride-on-3x3 variant."""
+
+    filters: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
+            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
+            kernel_init=_conv_init, dtype=self.dtype, name=name)
+        y = nn.relu(_norm(train, self.dtype, "bn1")(conv(self.filters, 1, 1, "conv1")(x)))
+        y = nn.relu(_norm(train, self.dtype, "bn2")(conv(self.filters, 3, self.strides, "conv2")(y)))
+        y = _norm(train, self.dtype, "bn3")(conv(4 * self.filters, 1, 1, "conv3")(y))
+        if x.shape[-1] != 4 * self.filters or self.strides != 1:
+            x = _norm(train, self.dtype, "proj_bn")(conv(4 * self.filters, 1, self.strides, "proj_conv")(x))
+        return nn.relu(x + y)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet trunk: (N, H, W, C) images -> (N, D) pooled features.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block: "basic" or "bottleneck".
+      width: channels of the first stage (64 in the paper); stage k has width * 2**k
+        (times 4 for bottleneck blocks).
+      stem: "imagenet" (7x7 stride-2 conv + 3x3 stride-2 max-pool, for inputs >= 64 px)
+        or "small" (3x3 stride-1 conv, no pool, for 32x32-like inputs).
+      dtype: compute dtype (parameters stay float32).
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: str = "basic"
+    width: int = 64
+    stem: str = "imagenet"
+    dtype: Any = jnp.float32
+
+    @property
+    def out_dim(self) -> int:
+        return self.width * 2 ** (len(self.stage_sizes) - 1) * (4 if self.block == "bottleneck" else 1)
+
+    @nn.compact
+    def __call__(self, x, train: bool, return_stages: bool = False):
+        """Args: x (N, H, W, C) float. Returns z (N, out_dim) float32, plus the list of the
+        stage feature maps (N, h_k, w_k, c_k) when ``return_stages``."""
+        x = x.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                        kernel_init=_conv_init, dtype=self.dtype, name="stem_conv")(x)
+            x = nn.relu(_norm(train, self.dtype, "stem_bn")(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+        elif self.stem == "small":
+            x = nn.Conv(self.width, (3, 3), (1, 1), padding=[(1, 1), (1, 1)], use_bias=False,
+                        kernel_init=_conv_init, dtype=self.dtype, name="stem_conv")(x)
+            x = nn.relu(_norm(train, self.dtype, "stem_bn")(x))
+        else:
+            raise ValueError(f"unknown stem {self.stem!r}; expected 'imagenet' or 'small'")
+        block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[self.block]
+        stages = []
+        for i, n_blocks in enumerate(self.stage_sizes):
+            for j in range(n_blocks):
+                strides = 2 if (i > 0 and j == 0) else 1
+                x = block_cls(self.width * 2**i, strides, self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
+            stages.append(x)
+        z = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return (z, stages) if return_stages else z

@@ -1,0 +1,61 @@
+"""Outer and inner optimisers (ALGORITHM.md, step 7 and "Inner optimiser")."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import optax
+
+__all__ = ["OptimConfig", "learning_rate_schedule", "outer_optimizer", "inner_optimizer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Outer optimiser: SGD with momentum, linear warm-up then cosine, global-norm clipping.
+
+    Attributes mirror Table 12 and the authors' code: lr 1e-2, momentum 0.9, 5 warm-up epochs
+    from 1e-5, cosine down to 1e-5, clip 5.0, no weight decay.
+    """
+
+    lr: float = 1e-2
+    momentum: float = 0.9
+    warmup_epochs: float = 5.0
+    init_lr: float = 1e-5
+    end_lr: float = 1e-5
+    clip_norm: float = 5.0
+    weight_decay: float = 0.0
+
+
+def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+    """lr(step): linear from ``init_lr`` to ``lr`` over the warm-up, then cosine to ``end_lr``."""
+    total = max(int(steps_per_epoch * epochs), 1)
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=cfg.init_lr, peak_value=cfg.lr, warmup_steps=warmup,
+        decay_steps=total, end_value=cfg.end_lr)
+
+
+def outer_optimizer(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    if cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(optax.sgd(schedule, momentum=cfg.momentum or None))
+    return optax.chain(*parts)
+
+
+def inner_optimizer(kind: str, lr, weight_decay: float = 0.05, eps_root: float = 1e-8) -> optax.GradientTransformation:
+    """One inner-loop optimiser, built fresh (new state) for every inner step, as the authors do.
+
+    Args:
+      kind: "adamw" (authors' code: lr 1e-5, weight decay 0.05) or "sgd" (Algorithm 1, the
+        outer lr).
+      lr: learning rate; may be a traced scalar (the outer schedule's current value).
+      eps_root: added under the square root of AdamW's second moment. Must be > 0 when the
+        hypergradient is differentiated through the update (optax's meta-learning note); without
+        it the unrolled hypergradient is NaN at zero gradient entries.
+    """
+    if kind == "adamw":
+        return optax.adamw(lr, weight_decay=weight_decay, eps_root=eps_root)
+    if kind == "sgd":
+        return optax.sgd(lr)
+    raise ValueError(f"unknown inner optimiser {kind!r}; expected 'adamw' or 'sgd'")
