@@ -5,12 +5,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ucmkd_jax.precision import at_least_f32
+
 __all__ = ["cross_entropy", "hinton_kd", "accuracy_count"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """mean_i -log softmax(logits_i)[y_i]. Args: logits (n, K), labels (n,) int. Returns scalar."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(at_least_f32(logits), labels))
 
 
 def hinton_kd(student_logits, teacher_logits, labels, temperature: float = 4.0, alpha: float = 0.9):
@@ -19,8 +21,8 @@ def hinton_kd(student_logits, teacher_logits, labels, temperature: float = 4.0, 
 
     Args: student_logits, teacher_logits (n, K); labels (n,) int. Returns scalar.
     """
-    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
-    s = student_logits.astype(jnp.float32) / temperature
+    t = jax.lax.stop_gradient(at_least_f32(teacher_logits)) / temperature
+    s = at_least_f32(student_logits) / temperature
     p_t = jax.nn.softmax(t, axis=-1)
     kl = jnp.sum(p_t * (jax.nn.log_softmax(t, axis=-1) - jax.nn.log_softmax(s, axis=-1)), axis=-1)
     return (1.0 - alpha) * cross_entropy(student_logits, labels) + alpha * temperature**2 * jnp.mean(kl)

@@ -19,7 +19,9 @@ distances of 512-d ResNet features are tens, where an absolute epsilon = 0.1 lea
 nowhere near convergence in 100 iterations. ``"auto"`` (default) therefore uses the absolute
 epsilon for bounded costs and ``epsilon * mean(C)`` (OTT's ``relative_epsilon="mean"``, the
 mean taken under ``stop_gradient``) for unbounded ones. The returned cost is always in the
-units of the cost metric itself, never rescaled.
+units of the cost metric itself, never rescaled. A relative epsilon is held constant under
+differentiation (OTT puts the mean cost under ``stop_gradient``): gradients are those of the
+OT cost at that fixed epsilon.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ import jax.numpy as jnp
 from ott.geometry import costs, geometry, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
+
+from ucmkd_jax.precision import at_least_f32
 
 __all__ = ["FAConfig", "feature_alignment", "cost_matrix", "COSTS"]
 
@@ -122,14 +126,14 @@ def feature_alignment(z_s: jax.Array, z_t: jax.Array, config: FAConfig = FAConfi
       z_t: (m, d) teacher features theta(x_T) (usually under ``stop_gradient``).
       config: ``FAConfig``.
     Returns:
-      scalar float32, in the units of the cost metric.
+      scalar (float32, or float64 for float64 inputs), in the units of the cost metric.
     """
     if z_s.ndim != 2 or z_t.ndim != 2:
         raise ValueError(f"feature_alignment takes (n, d) and (m, d) clouds, got {z_s.shape} and {z_t.shape}")
     if z_s.shape[1] != z_t.shape[1]:
         raise ValueError(f"student features have dim {z_s.shape[1]} but teacher features have dim "
                          f"{z_t.shape[1]}: the two encoders must share the latent space Z")
-    c = cost_matrix(z_s.astype(jnp.float32), z_t.astype(jnp.float32), config.cost)
+    c = cost_matrix(at_least_f32(z_s), at_least_f32(z_t), config.cost)
     relative = config.epsilon_mode == "relative" or (
         config.epsilon_mode == "auto" and config.cost not in _BOUNDED)
     # A precomputed cost matrix: much faster than a PointCloud geometry when the solve is unrolled.

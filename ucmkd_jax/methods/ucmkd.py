@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from ucmkd_jax.losses.classification import cross_entropy
@@ -95,10 +96,17 @@ def ucmkd_outer_loss(student: Model, teacher: Model, config: MethodConfig, *, pa
             (_, (la, kappa)), g = jax.value_and_grad(la_loss, has_aux=True)(sg(head), sg(z))
             head = optax.apply_updates(head, inner_step(sg(head), g))
         else:
+            kappa = None
+            if not first_order:
+                # kappa is a constant of the inner gradient (App. D) but a function of phi for the
+                # outer derivative: compute it outside the inner grad (one extra forward pass).
+                z_k, _ = student.encode(enc, stats, x_s, train=True)
+                kappa = jax.nn.softmax(teacher.classify(t_head, z_k))[jnp.arange(y.shape[0]), y]
+
             def la_loss_full(eh):
                 zz, new_stats = student.encode(eh[0], stats, x_s, train=True)
                 t_logits = teacher.classify(t_head, zz)
-                la = label_alignment(student.classify(eh[1], zz), t_logits, y)
+                la = label_alignment(student.classify(eh[1], zz), t_logits, y, kappa)
                 return config.lambda_la * la, (new_stats, la, label_transport_kernel(t_logits, y).mean())
 
             (_, (stats, la, kappa)), g = jax.value_and_grad(la_loss_full, has_aux=True)(sg((enc, head)))

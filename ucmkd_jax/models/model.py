@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ucmkd_jax.models.resnet import STAGES, ResNetEncoder
+from ucmkd_jax.precision import at_least_f32
 
 __all__ = ["Model", "MLPEncoder", "build_model", "MODALITIES", "BACKBONES"]
 
@@ -46,7 +47,7 @@ class MLPEncoder(nn.Module):
                              dtype=self.dtype, name=f"bn{i + 1}")(x)
             x = nn.relu(x)
             stages.append(x)
-        z = x.astype(jnp.float32)
+        z = at_least_f32(x)
         return (z, stages) if return_stages else z
 
 
@@ -127,7 +128,7 @@ class Model:
 
     def classify(self, head_params, z):
         """logits = head(z). Args: z (N, latent_dim). Returns (N, num_classes) float32."""
-        return self.head.apply({"params": head_params}, z).astype(jnp.float32)
+        return at_least_f32(self.head.apply({"params": head_params}, z))
 
     def apply(self, variables: dict, x, train: bool = False):
         """Full classifier. Returns (logits, z, new batch_stats)."""

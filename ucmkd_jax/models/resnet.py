@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ucmkd_jax.precision import at_least_f32
+
 __all__ = ["ResNetEncoder", "BasicBlock", "Bottleneck", "STAGES"]
 
 # (blocks per stage, block kind) per depth, He et al. (2016), Table 1.
@@ -126,5 +128,5 @@ class ResNetEncoder(nn.Module):
                 strides = 2 if (i > 0 and j == 0) else 1
                 x = block_cls(self.width * 2**i, strides, self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
             stages.append(x)
-        z = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        z = jnp.mean(at_least_f32(x), axis=(1, 2))
         return (z, stages) if return_stages else z

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Run UCMKD and baselines: pre-train a teacher, distil students, write a results table.
+
+    python experiments/run.py                          # embedded synthetic demo (CPU, minutes)
+    python experiments/run.py --dataset crema_d --data-dir DIR --direction both --seeds 5
+
+Writes into --out (default runs/<dataset>): config.json (the resolved config), results.json
+(a list of records), results.md (mean ± std table), history/*.json (per-epoch metrics),
+curves.png (validation accuracy per epoch) and teachers/ (Orbax checkpoints). Rerunning the same
+command with the same --out skips the (direction, method, seed) runs already in results.json,
+so an interrupted run loses at most the run in progress.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ucmkd_jax.config import get_preset, to_dict  # noqa: E402
+from ucmkd_jax.data import DATASETS  # noqa: E402
+from ucmkd_jax.experiment import run_experiment, summarize  # noqa: E402
+from ucmkd_jax.losses.feature_alignment import COSTS  # noqa: E402
+from ucmkd_jax.methods import METHODS  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--dataset", default="synthetic", choices=DATASETS)
+    a("--data-dir", default=None, help="prepared TFRecord shards (real datasets)")
+    a("--direction", default=None, choices=["a2v", "v2a", "both"], help="a2v: audio teacher -> video student")
+    a("--methods", default=None, help=f"comma list of: {', '.join(sorted(METHODS))}")
+    a("--seeds", type=int, default=None, help="number of seeds (preset: 3 synthetic, 5 real)")
+    a("--first-seed", type=int, default=None)
+    a("--pairing", default=None, choices=["unpaired", "paired"])
+    a("--epochs", type=int, default=None)
+    a("--teacher-epochs", type=int, default=None)
+    a("--batch-size", type=int, default=None)
+    a("--lr", type=float, default=None)
+    a("--hypergrad", default=None, choices=["first_order", "unrolled"])
+    a("--inner-opt", default=None, choices=["adamw", "sgd"])
+    a("--la-grad", default=None, choices=["head", "full"])
+    a("--lambda-fa", type=float, default=None)
+    a("--lambda-la", type=float, default=None)
+    a("--n1", type=int, default=None)
+    a("--n2", type=int, default=None)
+    a("--cost", default=None, choices=COSTS, help="FA transport cost")
+    a("--epsilon", type=float, default=None, help="FA entropic regularisation")
+    a("--sinkhorn-iters", type=int, default=None)
+    a("--backbone", default=None, choices=["resnet18", "resnet34", "resnet50"])
+    a("--width", type=int, default=None, help="first-stage channels (64 = paper)")
+    a("--dtype", default=None, choices=["float32", "bfloat16"])
+    a("--out", default=None, help="output directory (default runs/<dataset>)")
+    a("--fresh", action="store_true", help="ignore results already in --out")
+    a("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def resolve_config(args):
+    """Preset for --dataset, then every flag that was given."""
+    cfg = get_preset(args.dataset)
+    rep = dataclasses.replace
+    top = {k: v for k, v in dict(data_dir=args.data_dir, direction=args.direction, seeds=args.seeds,
+                                 first_seed=args.first_seed, pairing=args.pairing).items() if v is not None}
+    if args.methods:
+        top["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    train = {k: v for k, v in dict(epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+                                   batch_size=args.batch_size).items() if v is not None}
+    model = {k: v for k, v in dict(backbone=args.backbone, width=args.width, dtype=args.dtype).items() if v is not None}
+    method = {k: v for k, v in dict(hypergrad=args.hypergrad, inner_opt=args.inner_opt, la_grad=args.la_grad,
+                                    lambda_fa=args.lambda_fa, lambda_la=args.lambda_la, n1=args.n1,
+                                    n2=args.n2).items() if v is not None}
+    fa = {k: v for k, v in dict(cost=args.cost, epsilon=args.epsilon, num_iterations=args.sinkhorn_iters).items()
+          if v is not None}
+    return rep(cfg, **top, train=rep(cfg.train, **train), model=rep(cfg.model, **model),
+               optim=rep(cfg.optim, **({"lr": args.lr} if args.lr is not None else {})),
+               method=rep(cfg.method, **method, fa=rep(cfg.method.fa, **fa)))
+
+
+def _comparable(cfg_dict):
+    # Seeds and methods may grow between reruns; everything else must match to reuse results.
+    return {k: v for k, v in cfg_dict.items() if k not in ("methods", "seeds", "first_seed")}
+
+
+def plot_curves(out, histories):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    directions = sorted({d for d, _, _ in histories})
+    fig, axes = plt.subplots(1, len(directions), figsize=(6 * len(directions), 4), squeeze=False)
+    for ax, d in zip(axes[0], directions):
+        for m in sorted({m for dd, m, _ in histories if dd == d}):
+            runs = [h for dd, mm, h in histories if dd == d and mm == m]
+            n = min(len(h) for h in runs)
+            acc = 100 * np.array([[e["val_acc"] for e in h[:n]] for h in runs])
+            x = np.arange(1, n + 1)
+            ax.plot(x, acc.mean(0), label=f"{m} (n={len(runs)})")
+            ax.fill_between(x, acc.min(0), acc.max(0), alpha=0.15)
+        ax.set(title=f"student validation accuracy, {d}", xlabel="epoch", ylabel="accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve_config(args)
+    out = args.out or os.path.join("runs", cfg.dataset)
+    os.makedirs(os.path.join(out, "history"), exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    results_path, config_path = os.path.join(out, "results.json"), os.path.join(out, "config.json")
+    records = []
+    if os.path.exists(results_path) and not args.fresh:
+        with open(config_path) as f:
+            old = json.load(f)
+        if _comparable(old) != _comparable(cfg_dict):
+            sys.exit(f"error: {out} holds results of a different configuration (see {config_path}); "
+                     f"use another --out, or --fresh to discard them")
+        with open(results_path) as f:
+            records = json.load(f)
+        print(f"resuming: {len(records)} finished run(s) found in {results_path}")
+    with open(config_path, "w") as f:
+        json.dump(cfg_dict, f, indent=2)
+    done = {(r["direction"], r["method"], r["seed"]) for r in records}
+
+    def on_record(record, history):
+        records.append(record)
+        name = f"{record['direction']}_{record['method']}_seed{record['seed']}.json"
+        with open(os.path.join(out, "history", name), "w") as f:
+            json.dump(history, f, indent=1)
+        tmp = results_path + ".tmp"
+        with open(tmp, "w") as f:  # atomic: an interrupt never leaves a torn results.json
+            json.dump(records, f, indent=2)
+        os.replace(tmp, results_path)
+
+    run_experiment(cfg, out_dir=out, done=done, on_record=on_record, progress=not args.no_progress)
+    wanted = [r for r in records if r["method"] in cfg.methods
+              and cfg.first_seed <= r["seed"] < cfg.first_seed + cfg.seeds]
+    table = summarize(wanted)
+    header = (f"# {cfg.dataset}: {', '.join(cfg.methods)} ({cfg.pairing}, hypergrad={cfg.method.hypergrad}, "
+              f"cost={cfg.method.fa.cost}, {cfg.train.epochs} epochs, {cfg.seeds} seed(s))\n\n"
+              "Student accuracy at the epoch with the best validation accuracy; mean ± std over seeds.\n\n")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(header + table + "\n")
+    histories = []
+    for r in wanted:
+        with open(os.path.join(out, "history", f"{r['direction']}_{r['method']}_seed{r['seed']}.json")) as f:
+            histories.append((r["direction"], r["method"], json.load(f)))
+    plot_curves(out, histories)
+    print("\n" + table)
+    print(f"\nwrote {results_path}, {os.path.join(out, 'results.md')}, {os.path.join(out, 'curves.png')}")
+    return wanted
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""FA against exact OT (assignment problem), closed forms and gradient sanity."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from ucmkd_jax.losses import COSTS, FAConfig, cost_matrix, feature_alignment
+
+
+def _exact_ot(x, y, metric):
+    """Exact OT between two uniform clouds of equal size = optimal assignment / n."""
+    c = cdist(x, y, metric)
+    r, col = linear_sum_assignment(c)
+    return c[r, col].mean()
+
+
+@pytest.mark.parametrize("cost,metric", [("l2", "euclidean"), ("l1", "cityblock"), ("cosine", "cosine")])
+def test_small_epsilon_approaches_exact_ot(rng, cost, metric):
+    x, y = rng.normal(size=(7, 5)), rng.normal(size=(7, 5)) + 0.5
+    exact = _exact_ot(x, y, metric)
+    cfg = FAConfig(cost=cost, epsilon=1e-3, epsilon_mode="relative", num_iterations=3000, threshold=1e-7)
+    with jax.enable_x64(True):
+        val = float(feature_alignment(jnp.asarray(x), jnp.asarray(y), cfg))
+    # entropic cost >= exact cost, and the gap is O(epsilon * log n) of the mean cost
+    assert val >= exact - 1e-6
+    assert val == pytest.approx(exact, rel=2e-2)
+
+
+def test_angular_cost_matrix_matches_closed_form(rng):
+    x, y = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+    expected = np.arccos(np.clip(1 - cdist(x, y, "cosine"), -1, 1))
+    np.testing.assert_allclose(np.asarray(cost_matrix(jnp.asarray(x), jnp.asarray(y), "angular")), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("cost", COSTS)
+def test_identical_clouds_cost_only_the_entropic_offset(rng, cost):
+    x = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+    val = float(feature_alignment(x, x, FAConfig(cost=cost)))
+    moved = float(feature_alignment(x, x + 3.0 * jnp.asarray(rng.normal(size=(16, 8)), jnp.float32), FAConfig(cost=cost)))
+    # reg_ot_cost(x, x) >= 0 is the entropic blur only: at most the value of the identity
+    # coupling, <I/n, C> + eps * KL(I/n | 1/n^2) = mean diag(C) + eps * log n, and well below
+    # the cost to a displaced cloud. (angular: the diagonal is arccos(1 - 1e-6), not 0.)
+    c = cost_matrix(x, x, cost)
+    eps = 0.1 * (float(jnp.mean(c)) if cost in ("l2", "l1") else 1.0)
+    assert -1e-4 <= val <= float(jnp.mean(jnp.diag(c))) + eps * np.log(16) + 1e-4
+    assert val < 0.5 * moved
+
+
+@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("differentiation", ["implicit", "unroll"])
+def test_gradient_finite_for_coincident_points(cost, differentiation):
+    x = jnp.ones((6, 4)) * jnp.arange(1, 5)
+    cfg = FAConfig(cost=cost, differentiation=differentiation)
+    g = jax.grad(feature_alignment)(x, x, cfg)
+    assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_l2_scale_stays_converged_in_float32(rng):
+    """512-d features with norms in the tens: the default (relative epsilon for l2) gives a
+    finite, converged solve in float32; an absolute epsilon of 0.1 does not converge in 100 steps."""
+    x = jnp.asarray(20 * rng.random(size=(64, 512)), jnp.float32)
+    y = jnp.asarray(20 * rng.random(size=(64, 512)) + 1.0, jnp.float32)
+    from ott.geometry import geometry
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
+    val = feature_alignment(x, y, FAConfig(cost="l2"))
+    assert np.isfinite(float(val))
+    c = cost_matrix(x, y, "l2")
+    solve = lambda **kw: sinkhorn.Sinkhorn(max_iterations=100)(  # noqa: E731
+        linear_problem.LinearProblem(geometry.Geometry(cost_matrix=c, **kw)))
+    assert bool(solve(epsilon=0.1, relative_epsilon="mean").converged)
+    assert not bool(solve(epsilon=0.1).converged)
+
+
+def test_second_derivative_exists_in_unroll_mode(rng):
+    x = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+    cfg = FAConfig(cost="l2", differentiation="unroll", num_iterations=20)
+    hvp = jax.jit(jax.grad(lambda a: jnp.sum(jax.grad(feature_alignment)(a, y, cfg) ** 2)))(x)
+    assert hvp.shape == x.shape and bool(jnp.all(jnp.isfinite(hvp))) and float(jnp.abs(hvp).sum()) > 0
+
+
+def test_mismatched_feature_dims_are_named():
+    with pytest.raises(ValueError, match="student features have dim 4 but teacher features have dim 5"):
+        feature_alignment(jnp.ones((3, 4)), jnp.ones((3, 5)))

@@ -1,0 +1,202 @@
+"""Prepared TFRecord shards (``data_prep/prepare.py``) -> an in-memory ``CrossModalDataset``.
+
+    ds = load_shards("crema_d", "OUT")           # OUT/crema_d/speaker/1.0.0/ written by prepare.py
+
+Modalities (the same clips in the same order in both, so ``paired=True``):
+  "audio": x (N, 257, 1004, 1) float32, the standardised log spectrogram (stored as float16).
+  "video": x (N, T, S, S, 3) float32 with T = ``frames`` (2) and S = ``image_size`` (224): each
+           kept JPEG frame is decoded, its shorter side resized (bilinear, antialiased) to
+           round(S * 256 / 224), centre-cropped to S x S and normalised with the ImageNet mean
+           (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+Frames per clip: val and test take the middle T of the clip's kept frames. Train takes T frames
+drawn at random per clip ONCE, at load time (seeded by ``seed`` and the clip's position), in
+time order — a fixed choice, since the arrays are built once; the protocol's fresh draw every
+epoch (and the random flip) needs the streaming pipeline. ``train_frames="middle"`` uses the
+middle T for train as well. Clips with fewer than T frames repeat their last frame.
+
+Memory: float32 arrays are large — CREMA-D (7442 clips) is ~7.7 GB of audio plus ~9 GB of video
+at 224 x 224 x 2 frames; ``split_fraction`` keeps a seeded random fraction of every split.
+
+TensorFlow and TFDS are imported inside the functions only (install ``.[data]``); nothing on the
+compiled path imports this module.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split
+
+__all__ = ["load_shards", "find_shard_dir", "DEFAULT_CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+DEFAULT_CONFIGS = {"crema_d": "speaker", "ravdess": "speech", "ave": "official", "vggsound": "all"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPLITS = ("train", "val", "test")
+
+
+def _import_tf():
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading prepared shards needs TensorFlow and TFDS: pip install -e '.[data]' ({e})") from e
+    return tf, tfds
+
+
+def _version_key(name: str):
+    try:
+        return tuple(int(p) for p in name.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def find_shard_dir(dataset: str, data_dir: Union[str, os.PathLike], config: Optional[str] = None,
+                   version: Optional[str] = None) -> Path:
+    """The ``<data_dir>/<dataset>/<config>/<version>`` directory holding ``dataset_info.json``.
+
+    ``data_dir`` may also be the dataset directory or the version directory itself. Without
+    ``config``: the only config present, else the default one (crema_d: speaker, ravdess: speech,
+    ave: official, vggsound: all). Without ``version``: the newest complete one.
+    """
+    d = Path(data_dir)
+    if (d / "dataset_info.json").is_file():
+        return d
+    base = d / dataset if (d / dataset).is_dir() else (d if d.name == dataset else None)
+    hint = (f"prepare it with: python data_prep/prepare.py --dataset {dataset} --raw-dir RAW "
+            f"--out-dir {d}")
+    if base is None:
+        raise FileNotFoundError(f"no prepared {dataset!r} shards under {d} (expected {d / dataset}/<config>/<version>/); {hint}")
+    configs = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith((".", "incomplete.")))
+    if config is None:
+        if len(configs) == 1:
+            config = configs[0]
+        elif DEFAULT_CONFIGS.get(dataset) in configs:
+            config = DEFAULT_CONFIGS[dataset]
+        else:
+            raise ValueError(f"{base} holds configs {configs}; pass config=... to choose one")
+    if config not in configs:
+        raise FileNotFoundError(f"no config {config!r} under {base} (found {configs}); {hint}")
+    versions = sorted((p.name for p in (base / config).iterdir() if (p / "dataset_info.json").is_file()),
+                      key=_version_key)
+    if version is not None:
+        versions = [v for v in versions if v == version]
+    if not versions:
+        raise FileNotFoundError(f"no complete version{' ' + version if version else ''} under {base / config}; {hint}")
+    return base / config / versions[-1]
+
+
+def _frame_positions(tf, n, frames: int, mode: str, seed: int, i):
+    """int32 (frames,) positions in [0, n): middle T, or T random ones (stateless, sorted)."""
+    if mode == "middle":
+        start = tf.maximum(0, (n - frames) // 2)
+        pos = start + tf.range(frames)
+    else:
+        noise = tf.random.stateless_uniform([n], seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(i, tf.int64)]))
+        k = tf.minimum(n, frames)
+        pos = tf.sort(tf.math.top_k(noise, k=k).indices)
+        pos = tf.concat([pos, tf.fill([frames - k], n - 1)], axis=0)
+    return tf.minimum(pos, n - 1)
+
+
+def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, frames: int, mode: str,
+                   seed: int, batch_size: int):
+    resize_to = int(round(image_size * 256 / 224))
+    mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
+    std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
+
+    def one_frame(jpeg):
+        img = tf.io.decode_jpeg(jpeg, channels=3)
+        hw = tf.cast(tf.shape(img)[:2], tf.float32)
+        scale = resize_to / tf.reduce_min(hw)
+        new_hw = tf.cast(tf.round(hw * scale), tf.int32)
+        img = tf.image.resize(img, new_hw, method="bilinear", antialias=True)
+        top = (new_hw[0] - image_size) // 2
+        left = (new_hw[1] - image_size) // 2
+        img = img[top:top + image_size, left:left + image_size, :]
+        img = tf.ensure_shape(img, (image_size, image_size, 3))
+        return (img - mean) / std
+
+    def convert(i, ex):
+        n = tf.shape(ex["frames"])[0]
+        pos = _frame_positions(tf, n, frames, mode, seed, i)
+        video = tf.stack([one_frame(ex["frames"][pos[t]]) for t in range(frames)])
+        audio = tf.cast(ex["spectrogram"], tf.float32)[..., None]
+        return audio, video, tf.cast(ex["label"], tf.int32)
+
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"frames": tfds.decode.SkipDecoding()})
+    ds = ds.enumerate()
+    if keep is not None:
+        mask = tf.constant(keep)
+        ds = ds.filter(lambda i, ex: tf.gather(mask, i))
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) \
+             .batch(batch_size).prefetch(2)
+
+
+def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Optional[str] = None,
+                version: Optional[str] = None, image_size: int = 224, frames: int = 2,
+                split_fraction: Optional[float] = None, train_frames: str = "random", seed: int = 0,
+                batch_size: int = 64) -> CrossModalDataset:
+    """Read ``<data_dir>/<dataset>/<config>/<version>`` into a ``CrossModalDataset``.
+
+    Args:
+      dataset: "crema_d", "ravdess", "ave" or "vggsound".
+      data_dir: the ``--out-dir`` given to data_prep/prepare.py (or the shard directory itself).
+      config, version: which prepared variant (see ``find_shard_dir``).
+      image_size: side of the square centre crop (224 in the protocol).
+      frames: frames per clip, T (2 in the protocol).
+      split_fraction: keep a seeded random fraction (0, 1] of every split (None: all).
+      train_frames: "random" (a fixed seeded draw per clip) or "middle".
+      seed: seed of the train frame draw and of ``split_fraction``.
+      batch_size: decode batch size (memory / speed only).
+
+    Returns:
+      CrossModalDataset(name=dataset, modalities {"audio", "video"}, paired=True, class_names).
+    """
+    if train_frames not in ("random", "middle"):
+        raise ValueError(f"train_frames must be 'random' or 'middle', got {train_frames!r}")
+    if split_fraction is not None and not 0 < split_fraction <= 1:
+        raise ValueError(f"split_fraction must be in (0, 1], got {split_fraction}")
+    tf, tfds = _import_tf()
+    path = find_shard_dir(dataset, data_dir, config, version)
+    builder = tfds.builder_from_directory(os.fspath(path))
+    class_names = list(builder.info.features["label"].names)
+    parts = {}
+    for s_i, split in enumerate(_SPLITS):
+        if split not in builder.info.splits:
+            raise ValueError(f"{path}: no {split!r} split (has {sorted(builder.info.splits)})")
+        n = int(builder.info.splits[split].num_examples)
+        keep = None
+        if split_fraction is not None and split_fraction < 1:
+            k = max(1, int(round(split_fraction * n)))
+            chosen = np.random.default_rng([seed, s_i]).permutation(n)[:k]
+            keep = np.zeros(n, bool)
+            keep[chosen] = True
+            n = k
+        mode = train_frames if split == "train" else "middle"
+        ds = _make_pipeline(tf, tfds, builder, split, keep=keep, image_size=image_size, frames=frames,
+                            mode=mode, seed=seed, batch_size=batch_size)
+        x_a = x_v = None
+        y = np.empty(n, np.int32)
+        at = 0
+        for a, v, lab in ds.as_numpy_iterator():
+            if x_a is None:  # allocate once: the arrays are big
+                x_a = np.empty((n,) + a.shape[1:], np.float32)
+                x_v = np.empty((n,) + v.shape[1:], np.float32)
+            b = len(lab)
+            x_a[at:at + b], x_v[at:at + b], y[at:at + b] = a, v, lab
+            at += b
+        if at != n:
+            raise ValueError(f"{path}: split {split!r} yielded {at} examples, dataset_info says {n}")
+        parts[split] = (x_a, x_v, y)
+    mods = {
+        "audio": ModalityData("audio", *(Split(parts[s][0], parts[s][2]) for s in _SPLITS)),
+        "video": ModalityData("video", *(Split(parts[s][1], parts[s][2]) for s in _SPLITS)),
+    }
+    out = CrossModalDataset(name=dataset, num_classes=len(class_names), modalities=mods, paired=True,
+                            class_names=class_names)
+    out.validate()
+    return out

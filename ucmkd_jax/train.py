@@ -1,0 +1,150 @@
+"""The training loop: teacher pre-training, distillation, evaluation, model selection.
+
+This is the edge of the library: it moves numpy batches to the device, runs a method's ONE
+compiled step, shows a progress bar, evaluates on the validation split every epoch and keeps
+the best-by-validation variables. The step itself stays pure (``ucmkd_jax.methods``).
+Host syncs: the running loss every ``log_every`` steps (for the bar) and once per epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ucmkd_jax.config import TrainConfig
+from ucmkd_jax.data.base import Split, validate_split
+from ucmkd_jax.data.streams import eval_batches, steps_per_epoch, train_batches
+from ucmkd_jax.losses.classification import accuracy_count
+from ucmkd_jax.methods.base import MethodConfig, create_train_state, get_method, make_train_step
+from ucmkd_jax.models.model import Model
+from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
+
+__all__ = ["NonFiniteLossError", "TrainResult", "make_evaluator", "evaluate", "fit"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """variables: best-by-validation variables (numpy pytree); history: one dict per epoch."""
+
+    variables: Any
+    best_epoch: int
+    best_val_acc: float
+    history: List[dict]
+    wall_s: float
+
+
+def make_evaluator(model: Model) -> Callable:
+    """jitted (variables, x, y, mask) -> (number correct, summed CE) in inference mode."""
+
+    @jax.jit
+    def evaluator(variables, x, y, mask):
+        logits, _, _ = model.apply(variables, x, train=False)
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0]
+        return accuracy_count(logits, y, mask), jnp.sum(jnp.where(mask, ce, 0.0))
+
+    return evaluator
+
+
+def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evaluator=None) -> dict:
+    """Accuracy and mean cross-entropy of ``model`` on ``split``. Returns {"acc", "ce", "n"}."""
+    evaluator = evaluator or make_evaluator(model)
+    correct, ce = 0, 0.0
+    for x, y, mask in eval_batches(split, batch_size):
+        c, l = evaluator(variables, x, y, mask)
+        correct, ce = correct + c, ce + l
+    n = len(split)
+    return {"acc": float(correct) / n, "ce": float(ce) / n, "n": n}
+
+
+def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce",
+        method_config: MethodConfig = MethodConfig(), optim: OptimConfig = OptimConfig(),
+        train_config: TrainConfig = TrainConfig(), epochs: Optional[int] = None,
+        teacher: Optional[Model] = None, teacher_variables=None, teacher_train: Optional[Split] = None,
+        pairing: str = "unpaired", seed: int = 0, desc: str = "", progress: bool = True,
+        compiled: Optional[dict] = None) -> TrainResult:
+    """Train ``model`` from ``variables`` with a registered method; select on ``val``.
+
+    Args:
+      model, variables: the network to train and its initial variables.
+      train, val: the model's own modality; ``y`` int labels in [0, K).
+      method: a name in ``ucmkd_jax.methods.METHODS``.
+      teacher, teacher_variables, teacher_train: the frozen teacher and its modality's train
+        split, for methods that use it. ``pairing`` says how teacher batches are drawn.
+      seed: seeds the batch order (the variables carry the init seed).
+      compiled: a dict the caller keeps across calls (e.g. over seeds) so that the jitted step
+        and evaluator of an identical setting are compiled once, not once per call.
+    Raises:
+      ValueError on bad input (before anything is compiled); NonFiniteLossError naming the
+      method, epoch and step when a loss or gradient stops being finite.
+    """
+    spec = get_method(method)
+    epochs = train_config.epochs if epochs is None else epochs
+    validate_split(train, model.num_classes, f"{model.name} train")
+    validate_split(val, model.num_classes, f"{model.name} val")
+    model.check_input(train.x[:1])
+    if spec.uses_teacher:
+        if teacher is None or teacher_variables is None or teacher_train is None:
+            raise ValueError(f"method {method!r} needs a teacher, its variables and its train split")
+        if spec.needs_paired and pairing != "paired":
+            raise ValueError(f"method {method!r} needs paired batches (the teacher sees the partner of each "
+                             f"student sample): run it with pairing='paired' (--pairing paired)")
+        teacher.check_input(teacher_train.x[:1])
+        if teacher.num_classes != model.num_classes:
+            raise ValueError(f"teacher has {teacher.num_classes} classes but the student has {model.num_classes}")
+    else:
+        pairing = "none"
+    steps = steps_per_epoch(len(train), train_config.batch_size)
+    schedule = learning_rate_schedule(optim, steps, epochs)
+    tx = outer_optimizer(optim, schedule)
+    compiled = {} if compiled is None else compiled
+    key = (method, id(model), id(teacher), method_config, optim, steps, epochs)
+    if key not in compiled:
+        compiled[key] = make_train_step(spec.build(model, teacher, method_config), tx, schedule)
+    step_fn = compiled[key]
+    evaluator = compiled.setdefault(("evaluator", id(model)), make_evaluator(model))
+    state = create_train_state(variables, tx)
+    t_vars = jax.device_put(teacher_variables) if spec.uses_teacher else {}
+
+    best = (-1.0, 0, jax.device_get(variables))
+    history, start = [], time.time()
+    seed_seq = np.random.SeedSequence(seed)
+    bar = tqdm(total=epochs * steps, desc=desc or method, unit="step", disable=not progress,
+               dynamic_ncols=True, leave=True)
+    for epoch in range(epochs):
+        sums = None
+        for i, batch in enumerate(train_batches(train, teacher_train, train_config.batch_size,
+                                                seed_seq.spawn(1)[0], pairing)):
+            state, metrics = step_fn(state, t_vars, batch)
+            sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+            if (i + 1) % train_config.log_every == 0 or i + 1 == steps:
+                # one small host sync per log_every steps, for the bar
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{float(metrics['loss']):.4f}")
+            bar.update(1)
+        bad = int(state.nonfinite_step)
+        if bad >= 0:
+            bar.close()
+            raise NonFiniteLossError(
+                f"method {method!r} ({desc or model.name}): the loss or gradient became NaN/inf at "
+                f"epoch {bad // steps + 1}/{epochs}, step {bad % steps + 1}/{steps} (global step {bad}); "
+                f"that update was skipped and training stopped. Lower the learning rate or check the inputs.")
+        current = {"params": state.params, "batch_stats": state.batch_stats}
+        val_metrics = evaluate(model, current, val, train_config.eval_batch_size, evaluator)
+        record = {"epoch": epoch + 1, "val_acc": val_metrics["acc"], "val_ce": val_metrics["ce"]}
+        record.update({f"train_{k}": float(v) / steps for k, v in jax.device_get(sums).items()})
+        history.append(record)
+        if val_metrics["acc"] > best[0]:
+            best = (val_metrics["acc"], epoch + 1, jax.device_get(current))
+        bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{record['train_loss']:.4f}",
+                        val_acc=f"{val_metrics['acc']:.3f}")
+    bar.close()
+    return TrainResult(variables=best[2], best_epoch=best[1], best_val_acc=best[0], history=history,
+                       wall_s=time.time() - start)
