@@ -35,4 +35,13 @@ def load_variables(path: str, like):
     except Exception as e:  # orbax raises many kinds; the user needs the path and the cause
         raise CheckpointError(f"checkpoint {path} is corrupt or does not match the model "
                               f"({type(e).__name__}: {str(e)[:300]}); delete it to retrain") from e
+    want = {jax.tree_util.keystr(k): (np.shape(a), np.asarray(a).dtype)
+            for k, a in jax.tree_util.tree_leaves_with_path(like)}
+    got = {jax.tree_util.keystr(k): (np.shape(a), np.asarray(a).dtype)
+           for k, a in jax.tree_util.tree_leaves_with_path(restored)}
+    for key in sorted(set(want) | set(got)):  # orbax may restore other shapes without a word
+        if want.get(key) != got.get(key):
+            raise CheckpointError(f"checkpoint {path} does not match the model at {key}: stored "
+                                  f"{got.get(key, 'nothing')}, model expects {want.get(key, 'nothing')}; "
+                                  f"delete it to retrain")
     return jax.device_get(restored)

@@ -90,14 +90,14 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     epochs = train_config.epochs if epochs is None else epochs
     validate_split(train, model.num_classes, f"{model.name} train")
     validate_split(val, model.num_classes, f"{model.name} val")
-    model.check_input(train.x[:1])
+    model.check_input(train.x)
     if spec.uses_teacher:
         if teacher is None or teacher_variables is None or teacher_train is None:
             raise ValueError(f"method {method!r} needs a teacher, its variables and its train split")
         if spec.needs_paired and pairing != "paired":
             raise ValueError(f"method {method!r} needs paired batches (the teacher sees the partner of each "
                              f"student sample): run it with pairing='paired' (--pairing paired)")
-        teacher.check_input(teacher_train.x[:1])
+        teacher.check_input(teacher_train.x)
         if teacher.num_classes != model.num_classes:
             raise ValueError(f"teacher has {teacher.num_classes} classes but the student has {model.num_classes}")
     else:
