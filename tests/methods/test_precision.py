@@ -9,13 +9,13 @@ from ucmkd_jax.models import build_model
 from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
 
 
-def _losses(dtype, method, steps=4):
-    teacher = build_model("audio", (16, 16, 1), 3, width=4, dtype=dtype, name="teacher")
-    student = build_model("video", (2, 16, 16, 3), 3, width=4, dtype=dtype, name="student")
+def _losses(dtype, method, steps=3):
+    teacher = build_model("audio", (12, 12, 1), 3, width=2, dtype=dtype, name="teacher")
+    student = build_model("video", (2, 8, 8, 3), 3, width=2, dtype=dtype, name="student")
     tv, sv = teacher.init(jax.random.PRNGKey(0)), student.init(jax.random.PRNGKey(1))
     k = jax.random.split(jax.random.PRNGKey(2), 2)
-    batch = {"x_s": jax.random.normal(k[0], (16, 2, 16, 16, 3)), "y_s": jnp.arange(16, dtype=jnp.int32) % 3,
-             "x_t": jax.random.normal(k[1], (16, 16, 16, 1))}
+    batch = {"x_s": jax.random.normal(k[0], (16, 2, 8, 8, 3)), "y_s": jnp.arange(16, dtype=jnp.int32) % 3,
+             "x_t": jax.random.normal(k[1], (16, 12, 12, 1))}
     sched = learning_rate_schedule(OptimConfig(warmup_epochs=0), 4, 1)
     tx = outer_optimizer(OptimConfig(warmup_epochs=0), sched)
     step = make_train_step(get_method(method).build(student, teacher, MethodConfig()), tx, sched)
@@ -33,5 +33,5 @@ def test_bfloat16_loss_tracks_float32(method):
     f32, _ = _losses(jnp.float32, method)
     bf16, dtypes = _losses(jnp.bfloat16, method)
     assert jnp.bfloat16 not in dtypes  # parameters and optimiser state stay float32
-    # stated tolerance: 3% relative per step over 4 steps (bf16 has an 8-bit mantissa)
+    # stated tolerance: 3% relative per step over 3 steps (bf16 has an 8-bit mantissa)
     np.testing.assert_allclose(bf16, f32, rtol=3e-2)
