@@ -3,6 +3,13 @@
 
     python experiments/run.py                          # embedded synthetic demo (CPU, minutes)
     python experiments/run.py --dataset crema_d --data-dir DIR --direction both --seeds 5
+    python experiments/run.py --dataset arrays --teacher-data T.npz --student-data S.npz  # your own data
+
+--dataset arrays distils between two labelled array datasets that were never collected together:
+each .npz holds x_train, y_train and optionally x_val, y_val, x_test, y_test (labels 0..K-1, the
+same K in both). x is (N, D) vectors (MLP encoder), (N, H, W, C) images or spectrograms (ResNet;
+small-input stem below 64 px) or (N, T, H, W, C) frame stacks; the two sides share only the latent
+size (--latent-dim, default 512).
 
 Writes into --out (default runs/<dataset>): config.json (the resolved config), results.json
 (a list of records), results.md (mean ± std table), history/*.json (per-epoch metrics),
@@ -21,16 +28,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ucmkd_jax.config import get_preset, to_dict  # noqa: E402
+from ucmkd_jax import api  # noqa: E402
+from ucmkd_jax.data.arrays import load_arrays  # noqa: E402
 from ucmkd_jax.data import DATASETS  # noqa: E402
 from ucmkd_jax.experiment import run_experiment, summarize  # noqa: E402
 from ucmkd_jax.losses.feature_alignment import COSTS  # noqa: E402
 from ucmkd_jax.methods import METHODS  # noqa: E402
+from ucmkd_jax.models import BACKBONES as ARRAY_BACKBONES  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--dataset", default="synthetic", choices=DATASETS)
+    a("--dataset", default="synthetic", choices=DATASETS + ("arrays",))
     a("--data-dir", default=None, help="prepared TFRecord shards (real datasets)")
     a("--direction", default=None, choices=["a2v", "v2a", "both"], help="a2v: audio teacher -> video student")
     a("--methods", default=None, help=f"comma list of: {', '.join(sorted(METHODS))}")
@@ -57,12 +67,32 @@ def parse_args(argv=None):
     a("--out", default=None, help="output directory (default runs/<dataset>)")
     a("--fresh", action="store_true", help="ignore results already in --out")
     a("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    g = p.add_argument_group("--dataset arrays (bring your own modalities)").add_argument
+    g("--teacher-data", default=None, help="teacher modality .npz (x_train, y_train[, x_val, y_val, x_test, y_test])")
+    g("--student-data", default=None, help="student modality .npz (same layout, same labels 0..K-1)")
+    g("--teacher-backbone", default="auto", choices=("auto",) + ARRAY_BACKBONES,
+      help="auto: mlp for (N, D) vectors, else --backbone (resnet18)")
+    g("--student-backbone", default="auto", choices=("auto",) + ARRAY_BACKBONES)
+    g("--latent-dim", type=int, default=None, help=f"latent size shared by both sides (default {api.DEFAULT_LATENT_DIM})")
+    g("--mlp-depth", type=int, default=None, help="layers of the MLP encoder of vectors (default 2)")
+    g("--num-classes", type=int, default=None, help="K, if a class has no samples on one side (default: 1 + max label)")
+    args = p.parse_args(argv)
+    arrays_flags = [f for f in ("teacher_data", "student_data", "latent_dim", "mlp_depth", "num_classes")
+                    if getattr(args, f) is not None] + [f for f in ("teacher_backbone", "student_backbone")
+                                                         if getattr(args, f) != "auto"]
+    if args.dataset != "arrays" and arrays_flags:
+        p.error(f"--{arrays_flags[0].replace('_', '-')} only applies to --dataset arrays")
+    if args.dataset == "arrays":
+        if not (args.teacher_data and args.student_data):
+            p.error("--dataset arrays needs --teacher-data T.npz and --student-data S.npz")
+        if args.direction is not None:
+            p.error("--direction does not apply to --dataset arrays (the teacher is --teacher-data)")
+    return args
 
 
 def resolve_config(args):
     """Preset for --dataset, then every flag that was given."""
-    cfg = get_preset(args.dataset)
+    cfg = api.arrays_config() if args.dataset == "arrays" else get_preset(args.dataset)
     rep = dataclasses.replace
     top = {k: v for k, v in dict(data_dir=args.data_dir, direction=args.direction, seeds=args.seeds,
                                  first_seed=args.first_seed, pairing=args.pairing).items() if v is not None}
@@ -110,12 +140,28 @@ def plot_curves(out, histories):
     plt.close(fig)
 
 
+def arrays_setup(args, cfg):
+    """--dataset arrays: load and check both files and build both models (nothing is compiled).
+    Returns (dataset, teacher, student, the description written to config.json)."""
+    dataset = load_arrays(args.teacher_data, args.student_data, num_classes=args.num_classes)
+    teacher, student = api.build_array_models(
+        dataset, teacher_backbone=args.teacher_backbone, student_backbone=args.student_backbone,
+        resnet=cfg.model.backbone, width=cfg.model.width, stem=cfg.model.stem, dtype=cfg.model.dtype,
+        latent_dim=api.DEFAULT_LATENT_DIM if args.latent_dim is None else args.latent_dim,
+        mlp_depth=2 if args.mlp_depth is None else args.mlp_depth)
+    api.check_run(cfg, dataset, teacher, student, cfg.methods)
+    return dataset, teacher, student, api.describe_arrays(dataset, teacher, student)
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve_config(args)
+    arrays = arrays_setup(args, cfg) if cfg.dataset == "arrays" else None  # bad input stops here
     out = args.out or os.path.join("runs", cfg.dataset)
     os.makedirs(os.path.join(out, "history"), exist_ok=True)
     cfg_dict = to_dict(cfg)
+    if arrays is not None:
+        cfg_dict["arrays"] = arrays[3]
     results_path, config_path = os.path.join(out, "results.json"), os.path.join(out, "config.json")
     records = []
     if os.path.exists(results_path) and not args.fresh:
@@ -141,13 +187,19 @@ def main(argv=None):
             json.dump(records, f, indent=2)
         os.replace(tmp, results_path)
 
-    run_experiment(cfg, out_dir=out, done=done, on_record=on_record, progress=not args.no_progress)
+    if arrays is not None:
+        api.run_with_models(cfg, *arrays[:3], out_dir=out, done=done, on_record=on_record,
+                            progress=not args.no_progress)
+    else:
+        run_experiment(cfg, out_dir=out, done=done, on_record=on_record, progress=not args.no_progress)
     wanted = [r for r in records if r["method"] in cfg.methods
               and cfg.first_seed <= r["seed"] < cfg.first_seed + cfg.seeds]
     table = summarize(wanted)
     header = (f"# {cfg.dataset}: {', '.join(cfg.methods)} ({cfg.pairing}, hypergrad={cfg.method.hypergrad}, "
               f"cost={cfg.method.fa.cost}, {cfg.train.epochs} epochs, {cfg.seeds} seed(s))\n\n"
               "Student accuracy at the epoch with the best validation accuracy; mean ± std over seeds.\n\n")
+    if arrays is not None:
+        header += "".join(f"- {n}\n" for n in arrays[0].notices) + ("\n" if arrays[0].notices else "")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(header + table + "\n")
     histories = []

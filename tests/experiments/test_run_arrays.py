@@ -10,20 +10,15 @@ import io
 import json
 import logging
 import os
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
+from experiments import run
 from ucmkd_jax import distill
 from ucmkd_jax.data.arrays import toy_arrays
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments"))
-import run  # noqa: E402
 
 # form -> (per-sample shape, (train, val, test) sizes: 0 = absent, seed of its random map).
 # Keep in step with tests/test_api.py (same arrays, same compiled steps).
@@ -111,8 +106,10 @@ def test_each_form_runs_ce_and_ucmkd(pair_run):
         assert (r["test_acc"] is None) == (FORMS[s][1][2] == 0)
         assert (r["test_acc"] is None) == (r["test_ce"] is None)
     ce, ucmkd = records
-    assert ce["teacher_val_acc"] is None and ce["pairing"] is None and ce["hypergrad"] is None
-    assert 0.0 <= ucmkd["teacher_val_acc"] <= 1.0 and ucmkd["pairing"] == "unpaired"
+    assert ce["pairing"] is None and ce["hypergrad"] is None and ucmkd["pairing"] == "unpaired"
+    assert 0.0 <= ucmkd["teacher_val_acc"] <= 1.0 and ucmkd["hypergrad"] == "first_order"
+    # one teacher per seed, reported beside every method (as run_experiment does)
+    assert (ce["teacher_val_acc"], ce["teacher_test_acc"]) == (ucmkd["teacher_val_acc"], ucmkd["teacher_test_acc"])
     assert (ucmkd["teacher_test_acc"] is None) == (FORMS[t][1][2] == 0)
     assert json.loads((out / "results.json").read_text()) == records
     for m in ("ce", "ucmkd"):
@@ -201,7 +198,7 @@ def _bad_file(folder, name, **arrays):
 
 
 @pytest.mark.parametrize("case", ["no_x_train", "labels", "nan", "empty", "rank", "k_out_of_range",
-                                  "vanilla_kd", "batch", "vector_backbone"])
+                                  "vanilla_kd", "paired", "batch", "vector_backbone"])
 def test_bad_input_stops_before_any_compilation(case, npz, tmp_path, no_compile):
     good = toy_arrays((12,), 3, (48, 12, 12), seed=1)
     teacher, student, extra = str(npz["vector"]), str(npz["image8"]), []
@@ -224,6 +221,8 @@ def test_bad_input_stops_before_any_compilation(case, npz, tmp_path, no_compile)
         extra, message = ["--num-classes", "2"], r"label 2 at index 2, outside 0\.\.1"
     elif case == "vanilla_kd":
         extra, message = ["--methods", "ce,vanilla_kd"], "method 'vanilla_kd' needs paired samples"
+    elif case == "paired":
+        extra, message = ["--pairing", "paired"], "array datasets are unpaired"
     elif case == "batch":
         extra, message = ["--batch-size", "64"], "student train split has 42 samples, fewer than one batch of 64"
     elif case == "vector_backbone":
