@@ -20,7 +20,7 @@ from ucmkd_jax.config import ExperimentConfig
 from ucmkd_jax.data import CrossModalDataset, ModalityData, load_dataset, roles
 from ucmkd_jax.methods.base import get_method
 from ucmkd_jax.models.model import Model, build_model
-from ucmkd_jax.train import evaluate, fit
+from ucmkd_jax.train import evaluate, fit, make_evaluator
 
 __all__ = ["build_models", "pretrain_teacher", "run_experiment", "summarize", "expand_directions"]
 
@@ -59,10 +59,12 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
         variables = result.variables
         if path is not None:
             save_variables(path, variables)
-    info = {"teacher_val_acc": evaluate(teacher, variables, data.val, cfg.train.eval_batch_size)["acc"],
+    compiled = {} if compiled is None else compiled
+    ev = compiled.setdefault(("evaluator", id(teacher)), make_evaluator(teacher))
+    info = {"teacher_val_acc": evaluate(teacher, variables, data.val, cfg.train.eval_batch_size, ev)["acc"],
             "teacher_cached": cached}
     if data.test is not None:
-        test = evaluate(teacher, variables, data.test, cfg.train.eval_batch_size)
+        test = evaluate(teacher, variables, data.test, cfg.train.eval_batch_size, ev)
         info.update(teacher_test_acc=test["acc"], teacher_test_ce=test["ce"])
     return variables, info
 
@@ -112,7 +114,8 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
                              teacher_train=t_data.train if spec.uses_teacher else None,
                              pairing=cfg.pairing, seed=seed,
                              desc=f"{method} {direction} seed {seed}", progress=progress, compiled=compiled)
-                test = (evaluate(student, result.variables, s_data.test, cfg.train.eval_batch_size)
+                ev = compiled.setdefault(("evaluator", id(student)), make_evaluator(student))
+                test = (evaluate(student, result.variables, s_data.test, cfg.train.eval_batch_size, ev)
                         if s_data.test is not None else {"acc": None, "ce": None})
                 record = {
                     "dataset": dataset.name, "direction": direction, "method": method, "seed": seed,

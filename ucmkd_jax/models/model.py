@@ -88,7 +88,8 @@ class Model:
                 f"{self.name} ({self.modality}) input has shape {shape}: expected {desc}, "
                 f"i.e. rank {rank + 1} with per-sample shape {self.input_shape}")
         if shape[1:] != tuple(self.input_shape):
-            what = "channels" if shape[-1] != self.input_shape[-1] else "per-sample shape"
+            what = ("channels" if self.modality != "vector" and shape[-1] != self.input_shape[-1]
+                    else "per-sample shape")
             raise ValueError(
                 f"{self.name} ({self.modality}) input has {what} mismatch: got per-sample shape "
                 f"{shape[1:]}, the model was built for {tuple(self.input_shape)}")
