@@ -128,3 +128,26 @@ def test_torch_reference_ucmkd_step_updates_student():
     assert float(bn.running_mean.abs().sum()) > 0
     for method in ("feature_kd", "sumall", "vanilla_kd", "teacher_fwd"):
         assert math.isfinite(float(tr.make_step(method, student, teacher)(batch)))
+
+
+def test_step_bench_script_entry_point(tmp_path):
+    """As the CLI runs it (a fresh process, so --threads can size XLA's pools), exit status 0."""
+    import subprocess
+
+    _require_torch()
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "step_bench.py"), *TINY, "--methods", "teacher_fwd",
+           "--directions", "a2v", "--threads", "1", "--vs-torch", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "speedup" in proc.stdout and "1 compute thread" in proc.stdout
+    (r,) = json.loads(out.read_text())
+    assert r["threads"] == 1 and r["error"] is None and _positive_finite(r["speedup"])
+
+
+def test_step_bench_fa_solve_cases():
+    records = step_bench.main(TINY + ["--methods", "fa_solve,fa_solve_unrolled", "--directions", "a2v"])
+    assert [r["hypergrad"] for r in records] == ["first_order", "unrolled"]
+    for r in records:
+        assert r["error"] is None, r["error"]
+        assert _positive_finite(r["ms_per_step_median"]) and math.isfinite(r["loss"])
