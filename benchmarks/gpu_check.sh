@@ -18,7 +18,9 @@
 #
 # Environment: OUT, SMALL=1, STEPS (default 10), WARMUP (3), BENCH_SECONDS (240),
 #   METHODS (default "ucmkd,ce,teacher_fwd,feature_kd,ucmkd_unrolled,sumall": priority order),
-#   DTYPES (default "bfloat16,float32"), BENCH_ARGS (extra step_bench arguments), SITE.
+#   DTYPES (default "bfloat16,float32"), BENCH_ARGS (extra step_bench arguments), SITE,
+#   PROFILE=1 (then PROFILE_METHODS, PROFILE_DTYPE, PROFILE_SECONDS: a traced run after the benchmark,
+#   e.g. PROFILE_METHODS=ucmkd_fa_only_unrolled,fa_solve_unrolled to attribute the unrolled step's cost).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -104,6 +106,20 @@ python3 benchmarks/step_bench.py "${size_args[@]}" --vs-torch --dtype "$DTYPES" 
 rc=$?
 grep -v -i "onednn\|absl::InitializeLog" "$OUT/step_bench.log" | grep "^  \|^#\|^!" | head -n 60
 if [ "$rc" -ne 0 ]; then say "step_bench exit $rc (a case failed or the run died), log in $OUT/step_bench.log"; status=1; fi
+
+# ---------------------------------------------------------------- 3b. optional profile
+# PROFILE=1: trace a few steps of $PROFILE_METHODS (default ucmkd,ucmkd_unrolled) in bfloat16, JAX only,
+# and print where the device time goes, by kernel and by category (see benchmarks/profile_summary.py).
+if [ "${PROFILE:-0}" = "1" ]; then
+  pdeadline=$(( $(date +%s) + ${PROFILE_SECONDS:-120} ))
+  say "profiling ${PROFILE_METHODS:-ucmkd,ucmkd_unrolled} (deadline in ${PROFILE_SECONDS:-120}s)"
+  # shellcheck disable=SC2086
+  python3 benchmarks/step_bench.py "${size_args[@]}" --dtype "${PROFILE_DTYPE:-bfloat16}" \
+    --methods "${PROFILE_METHODS:-ucmkd,ucmkd_unrolled}" --steps 5 --warmup 2 --no-peak --profile "$OUT/prof" \
+    --deadline "$pdeadline" --json "$OUT/profile.json" $BENCH_ARGS > "$OUT/profile.log" 2>&1 \
+    || { say "profile run failed, log in $OUT/profile.log"; status=1; }
+  grep -A13 "^## profile" "$OUT/profile.log" | grep -v "^--$" | head -n 120
+fi
 
 # ---------------------------------------------------------------- 4. table last
 say "done in $(( $(date +%s) - t_start ))s, status $status; table:"

@@ -29,6 +29,7 @@ Examples:
 
     python benchmarks/step_bench.py --small --steps 10 --vs-torch --threads 1 --json /tmp/bench.json
     python benchmarks/step_bench.py --compile-only --dtype float32,bfloat16   # FLOPs, memory at full shapes
+    python benchmarks/step_bench.py --methods ucmkd,ucmkd_unrolled --profile gpu_out/prof   # where time goes
     python benchmarks/step_bench.py --dtype float32,bfloat16 --steps 10 --vs-torch --json gpu_out/bench.json
 
 Record fields (``--json`` writes a list, rewritten after every case so a killed run keeps what it
@@ -280,7 +281,8 @@ class JaxCase:
             self._run = lambda state: compiled(state, tv, batch)
         self.compile_s = time.perf_counter() - t0
         # FLOPs of the HLO before backend optimisation: on GPU the compiled module's convolutions are
-        # cuDNN custom calls, which XLA's cost analysis does not count (it undercounts ~100x there).
+        # cuDNN custom calls, which XLA's cost analysis does not count (an H200 run showed 4 GFLOP for a
+        # 1161 GFLOP forward).
         self.flops = flops_of(lowered.cost_analysis())
         try:
             self.flops_compiled = flops_of(compiled.cost_analysis())
@@ -356,12 +358,37 @@ def _torch_fields(case: str, tc, times: List[float], batch: int, dtype: str, int
     return out
 
 
+def _profile(jc: JaxCase, profile: Optional[tuple], name: str) -> dict:
+    """With ``profile = (dir, steps)``: trace that many more steps and summarise the trace."""
+    if not profile:
+        return {}
+    from benchmarks import profile_summary
+
+    import shutil
+
+    out_dir, steps, keep = profile
+    case_dir = os.path.join(str(out_dir), name)
+    path = profile_summary.trace_steps(jc.step, jc.sync, steps, case_dir)
+    if path is None:
+        return {"profile": None}
+    out = {"profile": profile_summary.summarise_trace(path, steps)}
+    if keep:
+        out["profile_trace"] = path
+    else:  # traces of full-size steps run to tens of MB
+        shutil.rmtree(case_dir, ignore_errors=True)
+    return out
+
+
 def run_jax_case(case: str, direction: str, shapes: dict, dtype: str, steps: int, warmup: int,
-                 stem: str = "imagenet", seed: int = 0, compile_only: bool = False) -> dict:
+                 stem: str = "imagenet", seed: int = 0, compile_only: bool = False,
+                 profile: Optional[tuple] = None) -> dict:
     """Compile and time one JAX case alone. Returns the JAX part of a record."""
     jc = JaxCase(case, direction, shapes, dtype, stem, seed, compile_only)
     try:
-        return _jax_fields(jc, None if compile_only else _time([jc], steps, warmup)[0], shapes["batch"])
+        if compile_only:
+            return _jax_fields(jc, None, shapes["batch"])
+        out = _jax_fields(jc, _time([jc], steps, warmup)[0], shapes["batch"])
+        return {**out, **_profile(jc, profile, f"{case}_{direction}_{dtype}")}
     finally:
         jc.close()
 
@@ -382,14 +409,18 @@ def run_torch_case(case: str, direction: str, shapes: dict, dtype: str, steps: i
 
 
 def run_pair(case: str, direction: str, shapes: dict, dtype: str, torch_dtype: str, steps: int, warmup: int,
-             device: str, stem: str = "imagenet", seed: int = 0) -> dict:
+             device: str, stem: str = "imagenet", seed: int = 0, profile: Optional[tuple] = None) -> dict:
     """JAX and torch of one case, both built, timed interleaved (for a shared, noisy CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     jc = JaxCase(case, direction, shapes, dtype, stem, seed)
     tc = _torch_case(case, direction, shapes, torch_dtype, device, stem, seed)
     try:
         t_times, j_times = _time([tc, jc], steps, warmup)
         return {**_torch_fields(case, tc, t_times, shapes["batch"], torch_dtype, interleaved=True),
-                **_jax_fields(jc, j_times, shapes["batch"])}
+                **_jax_fields(jc, j_times, shapes["batch"]), **_profile(jc, profile, f"{case}_{direction}_{dtype}")}
     finally:
         tc.close()
         jc.close()
@@ -436,7 +467,8 @@ def format_table(records: List[dict]) -> str:
             star = star or bool(mark)
             t_mem = r.get("torch_peak_mem_bytes")
             line += (f"{_fmt(r.get('torch_ms_per_step_median'), '.1f') + mark:>11}"
-                     f"{_fmt(r.get('speedup'), '.2f') + 'x':>9}{_fmt(t_mem and t_mem / 2**30, '.2f'):>10}")
+                     f"{(_fmt(r['speedup'], '.2f') + 'x') if r.get('speedup') else '-':>9}"
+                     f"{_fmt(t_mem and t_mem / 2**30, '.2f'):>10}")
         lines.append(line)
     if star:
         lines.append("* torch has no unrolled step: ucmkd_unrolled is compared against the authors' FIRST-order "
@@ -508,6 +540,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "shared, loaded CPU, 1 gives stable numbers: torch's OpenMP team stalls badly when a "
                         "core is taken by another process")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="after timing, trace --profile-steps more steps of each JAX case with jax.profiler into "
+                        "DIR/CASE_DIR_DTYPE and print where the time goes (device kernels on a GPU, host ops "
+                        "on a CPU), by name and by category")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--keep-traces", action="store_true",
+                   help="keep the trace files under --profile DIR (default: keep only the summary in the JSON)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: cases that would start after this are recorded as skipped")
     p.add_argument("--deadline", type=float, default=None,
@@ -587,6 +626,11 @@ def report(paths: Sequence[Path]) -> List[dict]:
     dates = sorted({r.get("date", "?")[:10] for r in records})
     print(f"# step_bench records from {', '.join(map(str, paths))}: device {', '.join(devices)}, "
           f"date {', '.join(dates)}")
+    from benchmarks.profile_summary import format_summary
+
+    for r in _display_order(records):
+        if r.get("profile"):
+            print(format_summary(f"{r['case']} {r['direction']} {r['dtype']}", r["profile"]))
     print(format_table(records))
     for line in target_checks(records):
         print(line)
@@ -620,6 +664,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         if args.threads:
             torch.set_num_threads(args.threads)
     interleave = {"auto": platform == "cpu", "on": True, "off": False}[args.interleave]
+    profile = (args.profile, args.profile_steps, args.keep_traces) if args.profile and not args.compile_only else None
     peak = {} if (args.no_peak or args.compile_only) else measure_matmul_peak(platform)
     versions = {"jax_version": jax.__version__}
     if torch_device:
@@ -663,7 +708,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                     with_torch = torch_device and not args.compile_only and case in TORCH_METHOD
                     if with_torch and interleave:
                         rec.update(run_pair(case, direction, args.shapes, dtype, t_dtype, args.steps, args.warmup,
-                                            torch_device, args.stem, args.seed))
+                                            torch_device, args.stem, args.seed, profile))
                     else:
                         if with_torch:
                             key = (TORCH_METHOD[case], direction, t_dtype)
@@ -672,7 +717,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                                                                   args.warmup, torch_device, args.stem, args.seed)
                             rec.update(torch_cache[key])
                         rec.update(run_jax_case(case, direction, args.shapes, dtype, args.steps, args.warmup,
-                                                args.stem, args.seed, args.compile_only))
+                                                args.stem, args.seed, args.compile_only, profile))
                     if peak and rec.get("flops_per_s"):
                         rec["frac_of_matmul_peak"] = rec["flops_per_s"] / peak["matmul_peak_flops_per_s"]
                     if rec.get("torch_ms_per_step_median"):
@@ -692,6 +737,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                           f"{rec['ms_per_step_median']:9.2f} ms/step"
                           + (f"  torch {rec['torch_ms_per_step_median']:9.2f} ms  x{rec['speedup']:.2f}"
                              if rec.get("speedup") else ""), flush=True)
+                    if rec.get("profile"):
+                        from benchmarks.profile_summary import format_summary
+
+                        print(format_summary(f"{case} {direction} {dtype}", rec["profile"]), flush=True)
     print()
     print(format_table(records))
     for line in target_checks(records):

@@ -145,9 +145,13 @@ def test_step_bench_script_entry_point(tmp_path):
     assert r["threads"] == 1 and r["error"] is None and _positive_finite(r["speedup"])
 
 
-def test_step_bench_fa_solve_cases():
-    records = step_bench.main(TINY + ["--methods", "fa_solve,fa_solve_unrolled", "--directions", "a2v"])
+def test_step_bench_fa_solve_cases_with_profile(tmp_path):
+    records = step_bench.main(TINY + ["--methods", "fa_solve,fa_solve_unrolled", "--directions", "a2v",
+                                      "--profile", str(tmp_path / "prof"), "--profile-steps", "2", "--keep-traces"])
     assert [r["hypergrad"] for r in records] == ["first_order", "unrolled"]
     for r in records:
         assert r["error"] is None, r["error"]
         assert _positive_finite(r["ms_per_step_median"]) and math.isfinite(r["loss"])
+        prof = r["profile"]
+        assert prof["source"] in ("host", "device") and prof["ms_per_step"] > 0 and prof["top"]
+        assert Path(r["profile_trace"]).is_file()
