@@ -30,3 +30,24 @@ def tiny_pair():
              "y_s": jnp.arange(8, dtype=jnp.int32) % 3,
              "x_t": jax.random.normal(k[1], (8, 12, 16, 1))}
     return teacher, student, tv, sv, batch
+
+
+_CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+               "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(scope="module")
+def shared_xla_cache(tmp_path_factory):
+    """XLA's persistent compilation cache in one folder per session (restored afterwards), for
+    modules that compile the same programs through different entry points (CLI and API)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    old = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "ucmkd_xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()

@@ -11,7 +11,6 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 import ucmkd_jax
 from ucmkd_jax import api
@@ -26,22 +25,7 @@ FORMS = {
 }
 PAIRS = [("frames", "image32", {}), ("image8", "vector", {"latent_dim": 16, "mlp_depth": 3})]
 TINY = dict(width=2, epochs=1, teacher_epochs=1, batch_size=16, progress=False)
-_CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-               "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_xla_cache(tmp_path_factory):
-    """XLA's persistent compilation cache in one folder per session (restored afterwards)."""
-    old = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "ucmkd_xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("shared_xla_cache")  # tests/conftest.py
 
 
 def data(form):

@@ -14,7 +14,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from experiments import run
 from ucmkd_jax import distill
@@ -32,22 +31,7 @@ FORMS = {
 # get a projection), the second shares a 16-d latent (no projection) with a 3-layer MLP.
 PAIRS = [("frames", "image32", []), ("image8", "vector", ["--latent-dim", "16", "--mlp-depth", "3"])]
 TINY = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16", "--no-progress"]
-_CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-               "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_xla_cache(tmp_path_factory):
-    """XLA's persistent compilation cache in one folder per session (restored afterwards)."""
-    old = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "ucmkd_xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
+pytestmark = pytest.mark.usefixtures("shared_xla_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
