@@ -4,6 +4,7 @@ This is the edge of the library: it moves numpy batches to the device, runs a me
 compiled step, shows a progress bar, evaluates on the validation split every epoch and keeps
 the best-by-validation variables. The step itself stays pure (``ucmkd_jax.methods``).
 Host syncs: the running loss every ``log_every`` steps (for the bar) and once per epoch.
+Batches are gathered and copied to the device by a background thread, two steps ahead.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data.base import Split, validate_split
-from ucmkd_jax.data.streams import eval_batches, steps_per_epoch, train_batches
+from ucmkd_jax.data.streams import eval_batches, prefetch_to_device, steps_per_epoch, train_batches
 from ucmkd_jax.losses.classification import accuracy_count
 from ucmkd_jax.methods.base import MethodConfig, create_train_state, get_method, make_train_step
 from ucmkd_jax.models.model import Model
@@ -121,8 +122,8 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
                dynamic_ncols=True, leave=True)
     for epoch in range(epochs):
         sums = None
-        for i, batch in enumerate(train_batches(train, teacher_train, train_config.batch_size,
-                                                seed_seq.spawn(1)[0], pairing)):
+        epoch_batches = train_batches(train, teacher_train, train_config.batch_size, seed_seq.spawn(1)[0], pairing)
+        for i, batch in enumerate(prefetch_to_device(epoch_batches)):
             state, metrics = step_fn(state, t_vars, batch)
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             if (i + 1) % train_config.log_every == 0 or i + 1 == steps:

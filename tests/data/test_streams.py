@@ -56,3 +56,21 @@ def test_synthetic_is_seeded_and_shaped():
     np.testing.assert_array_equal(a.modalities["audio"].train.y, a.modalities["video"].train.y)  # paired
     assert not np.array_equal(make_synthetic(1, n_train=32, n_val=8, n_test=8).modalities["audio"].train.x,
                               a.modalities["audio"].train.x)
+
+
+def test_prefetch_keeps_order_and_reraises():
+    from ucmkd_jax.data.streams import prefetch_to_device
+
+    got = [int(b["i"]) for b in prefetch_to_device({"i": np.int32(k)} for k in range(7))]
+    assert got == list(range(7))
+
+    def broken():
+        yield {"i": np.int32(0)}
+        raise RuntimeError("corrupt shard 3")
+
+    with pytest.raises(RuntimeError, match="corrupt shard 3"):
+        list(prefetch_to_device(broken()))
+    # abandoning the iterator early does not hang
+    it = prefetch_to_device({"i": np.int32(k)} for k in range(100))
+    next(it)
+    it.close()

@@ -5,13 +5,16 @@ size (the last incomplete batch is dropped so the compiled step never sees a new
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Iterator
 
+import jax
 import numpy as np
 
 from ucmkd_jax.data.base import Split
 
-__all__ = ["steps_per_epoch", "train_batches", "eval_batches"]
+__all__ = ["steps_per_epoch", "train_batches", "eval_batches", "prefetch_to_device"]
 
 
 def steps_per_epoch(n_student: int, batch_size: int) -> int:
@@ -69,3 +72,40 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple]:
             x = np.concatenate([x, np.zeros((batch_size - k,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(batch_size - k, y.dtype)])
         yield x, y.astype(np.int32), mask
+
+
+def prefetch_to_device(batches: Iterator[dict], size: int = 2) -> Iterator[dict]:
+    """Yield the batches of ``batches`` already on the device, ``size`` ahead: a background
+    thread gathers the next numpy batches and starts their host-to-device copies while the
+    current step runs. Order is preserved; an exception in the producer is re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                q.put(jax.device_put(batch))
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)
