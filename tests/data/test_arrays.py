@@ -189,7 +189,8 @@ def test_a_class_missing_from_a_split_warns_and_names_it():
 
 def test_unknown_arrays_warn():
     with pytest.warns(UserWarning, match="ignoring array.*x_extra"):
-        make_arrays_dataset(GOOD, _with(GOOD, x_extra=np.zeros(3)), log=None)
+        ds = make_arrays_dataset(GOOD, _with(GOOD, x_extra=np.zeros(3)), log=None)
+    assert ds.num_classes == K  # the known arrays are still used
 
 
 def test_npz_without_x_train_and_unreadable_files(tmp_path):
