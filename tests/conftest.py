@@ -51,3 +51,18 @@ def shared_xla_cache(tmp_path_factory):
     for k, v in old.items():
         jax.config.update(k, v)
     compilation_cache.reset_cache()
+
+
+@pytest.fixture
+def no_compile(caplog):
+    """A context manager that fails the test if JAX compiles anything inside its block."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def block():
+        with caplog.at_level(logging.WARNING), jax.log_compiles():
+            yield
+        compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+        assert not compiled, compiled[:3]
+    return block

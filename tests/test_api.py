@@ -3,9 +3,7 @@
 The two pairs are those of tests/experiments/test_run_arrays.py (same arrays, same settings), so
 with XLA's persistent cache shared through the session's temporary folder, their steps are
 compiled once for both files."""
-import contextlib
 import dataclasses
-import logging
 import textwrap
 
 import jax
@@ -116,15 +114,6 @@ def test_docstring_example_runs():
 
 
 # ------------------------------------------------------------------------------ bad input
-@pytest.fixture
-def no_compile(caplog):
-    @contextlib.contextmanager
-    def block():
-        with caplog.at_level(logging.WARNING), jax.log_compiles():
-            yield
-        compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
-        assert not compiled, compiled[:3]
-    return block
 
 
 def _teacher(k=3, shape=(12,)):

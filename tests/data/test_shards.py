@@ -1,14 +1,11 @@
 """ucmkd_jax.data.shards: prepared TFRecord shards -> CrossModalDataset (tiny shards made here)."""
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # data_prep/ (used to make the shards) is not an installed package
-    sys.path.insert(0, str(ROOT))
+# data_prep/ is importable: pyproject sets pytest pythonpath = ["."] (the repository root)
 
 try:
     import tensorflow_datasets as tfds

@@ -3,14 +3,10 @@
 These tests need the ``data`` extra (TensorFlow, TFDS, librosa, PyAV, soundfile); without it
 they fail at collection with an install hint rather than being skipped.
 """
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # data_prep/ is a top-level folder of the repository, not installed
-    sys.path.insert(0, str(ROOT))
+# data_prep/ is importable: pyproject sets pytest pythonpath = ["."] (the repository root)
 
 try:
     import av  # noqa: F401

@@ -8,10 +8,8 @@ session, shared with tests/test_api.py, which runs the same pairs) compiles each
 import contextlib
 import io
 import json
-import logging
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -163,16 +161,6 @@ def test_rerun_resumes_and_a_changed_file_is_refused(cli_runs, npz):
 
 
 # ------------------------------------------------------------------------ bad input, before compiling
-@pytest.fixture
-def no_compile(caplog):
-    """Fails the test if JAX compiles anything inside the block."""
-    @contextlib.contextmanager
-    def block():
-        with caplog.at_level(logging.WARNING), jax.log_compiles():
-            yield
-        compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
-        assert not compiled, compiled[:3]
-    return block
 
 
 def _bad_file(folder, name, **arrays):
