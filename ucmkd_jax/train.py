@@ -21,7 +21,7 @@ from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data.base import Split, validate_split
 from ucmkd_jax.data.streams import eval_batches, prefetch_to_device, steps_per_epoch, train_batches
 from ucmkd_jax.losses.classification import accuracy_count
-from ucmkd_jax.methods.base import MethodConfig, create_train_state, get_method, make_train_step
+from ucmkd_jax.methods.base import MethodConfig, create_train_state, get_method, make_train_step, with_extra
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
 
@@ -106,12 +106,16 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     steps = steps_per_epoch(len(train), train_config.batch_size)
     schedule = learning_rate_schedule(optim, steps, epochs)
     tx = outer_optimizer(optim, schedule)
+    if spec.optimizer is not None:  # a method with modules that have an optimiser of their own
+        tx = spec.optimizer(tx, method_config)
     compiled = {} if compiled is None else compiled
     key = (method, id(model), id(teacher), method_config, optim, steps, epochs)
     if key not in compiled:
         compiled[key] = make_train_step(spec.build(model, teacher, method_config), tx, schedule)
     step_fn = compiled[key]
     evaluator = compiled.setdefault(("evaluator", id(model)), make_evaluator(model))
+    variables = with_extra(spec, variables, jax.random.PRNGKey(seed + 7919), model, teacher,
+                           teacher_variables, method_config)
     state = create_train_state(variables, tx)
     t_vars = jax.device_put(teacher_variables) if spec.uses_teacher else {}
 

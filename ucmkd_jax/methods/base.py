@@ -23,7 +23,7 @@ from ucmkd_jax.losses.feature_alignment import FAConfig
 from ucmkd_jax.models.model import Model
 
 __all__ = ["TrainState", "MethodConfig", "MethodSpec", "register", "get_method", "METHODS",
-           "make_train_step", "create_train_state", "teacher_features"]
+           "make_train_step", "create_train_state", "teacher_features", "with_extra"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -89,6 +89,14 @@ class MethodSpec:
 
     uses_teacher: the step reads a teacher-modality batch ``x_t``;
     needs_paired: ``x_t`` must be the paired partner of ``x_s`` (vanilla KD).
+    init_extra: for methods with trainable modules of their own (regressors, fusion modules,
+      proxy heads, a jointly trained teacher): ``init_extra(key, student, teacher,
+      teacher_variables, config) -> {"params": ..., "batch_stats": ...}``. They are trained in
+      the state under ``params["extra"]`` and ``batch_stats["extra"]`` (the student's model
+      ignores those keys, so evaluation and checkpoints need nothing special); ``grads_fn``
+      must return a gradient for them and carry ``batch_stats["extra"]`` forward.
+    optimizer: ``optimizer(tx, config) -> tx`` to replace the outer optimiser (e.g. a separate
+      optimiser for ``params["extra"]`` via ``optax.multi_transform``).
     """
 
     name: str
@@ -96,18 +104,21 @@ class MethodSpec:
     uses_teacher: bool
     needs_paired: bool
     summary: str
+    init_extra: Optional[Callable[..., Any]] = None
+    optimizer: Optional[Callable[[optax.GradientTransformation, "MethodConfig"], optax.GradientTransformation]] = None
 
 
 METHODS: Dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, uses_teacher: bool, needs_paired: bool = False, summary: str = ""):
+def register(name: str, *, uses_teacher: bool, needs_paired: bool = False, summary: str = "",
+             init_extra: Optional[Callable[..., Any]] = None, optimizer: Optional[Callable] = None):
     """Decorator: ``@register("ce", uses_teacher=False)`` on a ``build`` function."""
 
     def deco(build):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, build, uses_teacher, needs_paired, summary)
+        METHODS[name] = MethodSpec(name, build, uses_teacher, needs_paired, summary, init_extra, optimizer)
         return build
 
     return deco
@@ -124,6 +135,17 @@ def teacher_features(teacher: Model, teacher_variables, x_t):
     p = teacher_variables["params"]
     z, _ = teacher.encode(p["encoder"], teacher_variables["batch_stats"], x_t, train=False)
     return jax.lax.stop_gradient(z)
+
+
+def with_extra(spec: MethodSpec, variables, key, student: Model, teacher: Optional[Model],
+               teacher_variables, config: MethodConfig):
+    """``variables`` plus the method's own trainable modules (``spec.init_extra``) under the
+    key "extra" of params and batch_stats; unchanged for methods without any."""
+    if spec.init_extra is None:
+        return variables
+    extra = spec.init_extra(key, student, teacher, teacher_variables, config)
+    return {"params": {**variables["params"], "extra": extra["params"]},
+            "batch_stats": {**variables["batch_stats"], "extra": extra.get("batch_stats", {})}}
 
 
 def create_train_state(variables, tx: optax.GradientTransformation) -> TrainState:
