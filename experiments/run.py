@@ -13,9 +13,15 @@ size (--latent-dim, default 512).
 
 Writes into --out (default runs/<dataset>): config.json (the resolved config), results.json
 (a list of records), results.md (mean ± std table), history/*.json (per-epoch metrics),
-curves.png (validation accuracy per epoch) and teachers/ (Orbax checkpoints). Rerunning the same
-command with the same --out skips the (direction, method, seed) runs already in results.json,
-so an interrupted run loses at most the run in progress.
+curves.png (validation accuracy per epoch), logs/ (per-epoch JSON lines, and TensorBoard events
+under logs/tb: `tensorboard --logdir OUT/logs/tb`), teachers/ (Orbax checkpoints, reused by later
+runs) and checkpoints/ (each student run's state after every epoch, and its best-by-validation
+variables). Rerunning the same command with the same --out skips the (direction, method, seed)
+runs already in results.json and resumes the run in progress from its last finished epoch, with
+the same final result as an uninterrupted run (SIGINT, SIGKILL or a lost machine alike).
+
+On a multi-host job (SLURM with several tasks, a TPU pod slice) every host runs this same command;
+batches are sharded over all devices and only process 0 writes the tables.
 """
 from __future__ import annotations
 
@@ -25,12 +31,16 @@ import json
 import os
 import sys
 
+import jax
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ucmkd_jax.config import get_preset, to_dict  # noqa: E402
 from ucmkd_jax import api  # noqa: E402
 from ucmkd_jax.data.arrays import load_arrays  # noqa: E402
 from ucmkd_jax.data import DATASETS  # noqa: E402
+from ucmkd_jax.data.regimes import REGIMES  # noqa: E402
+from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
 from ucmkd_jax.experiment import run_experiment, summarize  # noqa: E402
 from ucmkd_jax.losses.feature_alignment import COSTS  # noqa: E402
 from ucmkd_jax.methods import METHODS  # noqa: E402
@@ -46,7 +56,10 @@ def parse_args(argv=None):
     a("--methods", default=None, help=f"comma list of: {', '.join(sorted(METHODS))}")
     a("--seeds", type=int, default=None, help="number of seeds (preset: 3 synthetic, 5 real)")
     a("--first-seed", type=int, default=None)
-    a("--pairing", default=None, choices=["unpaired", "paired"])
+    a("--unpaired", default=None, choices=list(REGIMES),
+      help="distillation regime (Appendix G): easy = independent teacher stream (default), medium = disjoint "
+           "pools, hard = disjoint + teacher-side noise and label imbalance, paired = partner batches")
+    a("--subsample", type=float, default=None, help="fraction of the train splits kept, e.g. 0.5 (Tables 3-5)")
     a("--epochs", type=int, default=None)
     a("--teacher-epochs", type=int, default=None)
     a("--batch-size", type=int, default=None)
@@ -95,7 +108,8 @@ def resolve_config(args):
     cfg = api.arrays_config() if args.dataset == "arrays" else get_preset(args.dataset)
     rep = dataclasses.replace
     top = {k: v for k, v in dict(data_dir=args.data_dir, direction=args.direction, seeds=args.seeds,
-                                 first_seed=args.first_seed, pairing=args.pairing).items() if v is not None}
+                                 first_seed=args.first_seed, unpaired=args.unpaired,
+                                 subsample=args.subsample).items() if v is not None}
     if args.methods:
         top["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     train = {k: v for k, v in dict(epochs=args.epochs, teacher_epochs=args.teacher_epochs,
@@ -155,6 +169,7 @@ def arrays_setup(args, cfg):
 
 def main(argv=None):
     args = parse_args(argv)
+    maybe_initialize_distributed()  # a SLURM / TPU-pod job: one process per host
     cfg = resolve_config(args)
     arrays = arrays_setup(args, cfg) if cfg.dataset == "arrays" else None  # bad input stops here
     out = args.out or os.path.join("runs", cfg.dataset)
@@ -177,8 +192,12 @@ def main(argv=None):
         json.dump(cfg_dict, f, indent=2)
     done = {(r["direction"], r["method"], r["seed"]) for r in records}
 
+    primary = jax.process_index() == 0
+
     def on_record(record, history):
         records.append(record)
+        if not primary:
+            return
         name = f"{record['direction']}_{record['method']}_seed{record['seed']}.json"
         with open(os.path.join(out, "history", name), "w") as f:
             json.dump(history, f, indent=1)
@@ -195,11 +214,14 @@ def main(argv=None):
     wanted = [r for r in records if r["method"] in cfg.methods
               and cfg.first_seed <= r["seed"] < cfg.first_seed + cfg.seeds]
     table = summarize(wanted)
-    header = (f"# {cfg.dataset}: {', '.join(cfg.methods)} ({cfg.pairing}, hypergrad={cfg.method.hypergrad}, "
-              f"cost={cfg.method.fa.cost}, {cfg.train.epochs} epochs, {cfg.seeds} seed(s))\n\n"
+    header = (f"# {cfg.dataset}: {', '.join(cfg.methods)} (regime {cfg.unpaired}, subsample {cfg.subsample:g}, "
+              f"hypergrad={cfg.method.hypergrad}, cost={cfg.method.fa.cost}, {cfg.train.epochs} epochs, "
+              f"{cfg.seeds} seed(s))\n\n"
               "Student accuracy at the epoch with the best validation accuracy; mean ± std over seeds.\n\n")
     if arrays is not None:
         header += "".join(f"- {n}\n" for n in arrays[0].notices) + ("\n" if arrays[0].notices else "")
+    if not primary:
+        return wanted
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(header + table + "\n")
     histories = []

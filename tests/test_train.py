@@ -1,5 +1,6 @@
 """The training loop: model selection on validation, clear errors before compiling."""
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -73,3 +74,57 @@ def test_distillation_method_needs_a_teacher(small):
     ds, audio, video, teacher, student, tv, sv = small
     with pytest.raises(ValueError, match="needs a teacher"):
         fit(student, sv, video.train, video.val, method="ucmkd", train_config=TC, progress=False)
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(small, tmp_path):
+    """Ctrl-C after epoch 2 of 3, then the same call again: same history and variables as one
+    uninterrupted run (feature_kd: momentum state, teacher stream and batch stats all resume)."""
+    from ucmkd_jax.checkpoint import RunCheckpointer
+
+    ds, audio, video, teacher, student, tv, sv = small
+    tc = dataclasses.replace(TC, epochs=3)
+    compiled = {}
+    kw = dict(method="feature_kd", teacher=teacher, teacher_variables=tv, teacher_train=audio.train,
+              train_config=tc, progress=False, compiled=compiled, seed=3)
+    whole = fit(student, sv, video.train, video.val, **kw)
+
+    def stop_after_two(record, history):
+        if record["epoch"] == 2:
+            raise _Interrupt
+
+    ckpt = RunCheckpointer(str(tmp_path / "run"), {"what": "test"})
+    with pytest.raises(_Interrupt):
+        fit(student, sv, video.train, video.val, checkpoint=ckpt, on_epoch=stop_after_two, **kw)
+    seen = []
+    resumed = fit(student, sv, video.train, video.val, checkpoint=RunCheckpointer(str(tmp_path / "run"),
+                  {"what": "test"}), on_epoch=lambda r, h: seen.append((r["epoch"], len(h))), **kw)
+    assert seen == [(3, 3)]  # only the missing epoch ran; the history came back from the checkpoint
+    assert resumed.history == whole.history
+    assert (resumed.best_epoch, resumed.best_val_acc) == (whole.best_epoch, whole.best_val_acc)
+    for a, b in zip(jax.tree.leaves(resumed.variables), jax.tree.leaves(whole.variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_of_another_run_or_corrupt_is_refused_by_name(small, tmp_path):
+    from ucmkd_jax.checkpoint import CheckpointError, RunCheckpointer
+
+    ds, audio, video, teacher, student, tv, sv = small
+    tc = dataclasses.replace(TC, epochs=1)
+    compiled = {}
+    fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, compiled=compiled,
+        checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 1}))
+    with pytest.raises(CheckpointError, match=r"t/latest/1 was written by a different run \(differs in: lr\)"):
+        fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, compiled=compiled,
+            checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 2}))
+    for root, _, files in os.walk(tmp_path / "t" / "latest"):  # truncate every stored array file
+        for name in files:
+            if not name.endswith((".json", "_METADATA", "_CHECKPOINT_METADATA")):
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(3)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*t/latest/1 is corrupt"):
+        fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, compiled=compiled,
+            checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 1}))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import time
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 import flax.linen as nn
@@ -24,13 +23,14 @@ from ucmkd_jax.config import ExperimentConfig, ModelConfig, TrainConfig
 from ucmkd_jax.data.arrays import DIRECTION, ArraysDataset, make_arrays_dataset
 from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split
 from ucmkd_jax.data.streams import eval_batches
-from ucmkd_jax.experiment import pretrain_teacher
+from ucmkd_jax.data import regimes
+from ucmkd_jax.experiment import pretrain_teacher, run_experiment, train_student
 from ucmkd_jax.methods.base import MethodConfig, get_method
 from ucmkd_jax.models.model import Model, build_model
 from ucmkd_jax.models.resnet import STAGES
 from ucmkd_jax.optim import OptimConfig
 from ucmkd_jax.precision import at_least_f32
-from ucmkd_jax.train import evaluate, fit
+from ucmkd_jax.train import evaluate
 
 __all__ = ["distill", "Distilled", "Trained", "ProjectedEncoder", "build_array_model", "build_array_models",
            "default_backbone", "describe_model", "describe_arrays", "arrays_config", "check_run",
@@ -156,9 +156,10 @@ def arrays_config(**overrides) -> ExperimentConfig:
 
 def check_run(cfg: ExperimentConfig, dataset: CrossModalDataset, teacher: Optional[Model], student: Model,
               methods: Iterable[str], train_teacher: bool = True) -> None:
-    """Everything that can be refused before compiling: methods, pairing, batch sizes, shapes."""
-    if cfg.pairing != "unpaired":
-        raise ValueError(f"array datasets are unpaired: pairing must be 'unpaired', not {cfg.pairing!r}")
+    """Everything that can be refused before compiling: methods, regime, batch sizes, shapes."""
+    if cfg.unpaired == "paired":
+        raise ValueError("array datasets are unpaired: the paired regime is impossible (use --unpaired "
+                         "easy, medium or hard)")
     s_data = dataset.modalities["student"]
     uses_teacher = False
     for m in methods:
@@ -189,59 +190,16 @@ def check_run(cfg: ExperimentConfig, dataset: CrossModalDataset, teacher: Option
                              f"{student.latent_dim}: the teacher head must score student features")
 
 
-def _student_run(cfg: ExperimentConfig, dataset_name: str, method: str, seed: int, student: Model,
-                 s_data: ModalityData, teacher: Optional[Model], t_vars, t_data: Optional[ModalityData],
-                 t_info: dict, compiled: dict, progress: bool):
-    """Train one student; returns (record, TrainResult). The record has run_experiment's fields."""
-    spec = get_method(method)
-    use_t = spec.uses_teacher
-    start = time.time()
-    result = fit(student, student.init(jax.random.PRNGKey(seed)), s_data.train, s_data.val, method=method,
-                 method_config=cfg.method, optim=cfg.optim, train_config=cfg.train,
-                 teacher=teacher if use_t else None, teacher_variables=t_vars if use_t else None,
-                 teacher_train=t_data.train if use_t else None, pairing=cfg.pairing, seed=seed,
-                 desc=f"{method} {DIRECTION} seed {seed}", progress=progress, compiled=compiled)
-    test = (evaluate(student, result.variables, s_data.test, cfg.train.eval_batch_size,
-                     compiled.get(("evaluator", id(student))))
-            if s_data.test is not None else {"acc": None, "ce": None})
-    record = {
-        "dataset": dataset_name, "direction": DIRECTION, "method": method, "seed": seed,
-        "val_acc": result.best_val_acc, "test_acc": test["acc"], "test_ce": test["ce"],
-        "teacher_test_acc": t_info.get("teacher_test_acc"),  # this seed's teacher, also beside ce
-        "teacher_val_acc": t_info.get("teacher_val_acc"),
-        "epochs": len(result.history), "best_epoch": result.best_epoch,
-        "wall_s": round(time.time() - start, 2),
-        "hypergrad": cfg.method.hypergrad if method.startswith("ucmkd") else None,
-        "pairing": cfg.pairing if use_t else None,
-    }
-    return record, result
-
-
 def run_with_models(cfg: ExperimentConfig, dataset: CrossModalDataset, teacher: Optional[Model], student: Model, *,
                     out_dir: Optional[str] = None, done: Iterable[tuple] = (),
                     on_record: Optional[Callable[[dict, list], None]] = None, progress: bool = True) -> List[dict]:
     """``run_experiment`` for an arrays dataset whose two sides have their own, prebuilt models:
     every (seed, method) of ``cfg``, one teacher pre-trained per seed (cached under
-    ``<out_dir>/teachers/teacher2student``). Returns the new records (``run_experiment``'s fields)."""
+    ``<out_dir>/teachers/teacher2student``), the regime and subsample of ``cfg`` applied.
+    Returns the new records (``run_experiment``'s fields)."""
     check_run(cfg, dataset, teacher, student, cfg.methods)
-    t_data, s_data = dataset.modalities.get("teacher"), dataset.modalities["student"]
-    done, records, compiled = set(done), [], {}
-    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        todo = [m for m in cfg.methods if (DIRECTION, m, seed) not in done]
-        if not todo:
-            continue
-        t_vars, t_info = None, {}
-        if any(get_method(m).uses_teacher for m in todo):
-            cache = os.path.join(out_dir, "teachers", DIRECTION) if out_dir else None
-            t_vars, t_info = pretrain_teacher(cfg, teacher, t_data, seed, cache, progress,
-                                              desc=f"teacher {t_data.modality} seed {seed}", compiled=compiled)
-        for method in todo:
-            record, result = _student_run(cfg, dataset.name, method, seed, student, s_data, teacher, t_vars, t_data,
-                                          t_info, compiled, progress)
-            records.append(record)
-            if on_record is not None:
-                on_record(record, result.history)
-    return records
+    return run_experiment(dataclasses.replace(cfg, direction=DIRECTION), dataset, out_dir=out_dir, done=done,
+                          on_record=on_record, progress=progress, models=(teacher, student))
 
 
 # ---------------------------------------------------------------------------------- API
@@ -311,6 +269,7 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
             dtype: str = "float32", epochs: int = 100, teacher_epochs: int = 100, batch_size: int = 64,
             eval_batch_size: int = 256, lr: Optional[float] = None, optim: Optional[OptimConfig] = None,
             method_config: Optional[MethodConfig] = None, seed: int = 0, val_fraction: float = 0.1,
+            unpaired: str = "easy", subsample: float = 1.0,
             progress: bool = True, log: Optional[Callable[[str], None]] = print) -> Distilled:
     """Distil a student of one modality from a teacher of another, without paired samples.
 
@@ -340,6 +299,9 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
       epochs, teacher_epochs, batch_size, eval_batch_size, lr: training (Table 12 defaults);
         ``optim`` / ``method_config`` override the optimiser and the method's hyperparameters.
       seed: initialisation and batch order (the validation carve-out always uses seed 0).
+      unpaired: the distillation regime (``ucmkd_jax.data.regimes``): "easy" (default), "medium"
+        or "hard" ("paired" is impossible: array datasets are separate collections).
+      subsample: fraction of each train split kept, stratified (validation and test stay whole).
       log: receives the loader's notices (``print``; None: silent).
     Returns:
       ``Distilled(student, teacher, metrics, history)``.
@@ -399,15 +361,18 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
     optim = optim or OptimConfig()
     if lr is not None:
         optim = dataclasses.replace(optim, lr=lr)
-    cfg = arrays_config(methods=(method,), seeds=1, first_seed=seed,
+    cfg = arrays_config(methods=(method,), seeds=1, first_seed=seed, unpaired=unpaired, subsample=subsample,
                         model=ModelConfig(width=width, stem=stem, dtype=dtype),
                         train=TrainConfig(epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size,
                                           eval_batch_size=eval_batch_size),
                         optim=optim, method=method_config or MethodConfig())
+    t_data, s_data = data.modalities.get("teacher"), data.modalities["student"]
+    t_data, s_data, _ = regimes.subsample(t_data, s_data, cfg.subsample, seed, paired=False)
+    data = dataclasses.replace(data, modalities={**data.modalities, "student": s_data,
+                                                  **({"teacher": t_data} if t_data is not None else {})})
     check_run(cfg, data, t_model, s_model, (method,), train_teacher=t_given is None)
 
     compiled, t_vars, t_info = {}, None, {}
-    t_data, s_data = data.modalities.get("teacher"), data.modalities["student"]
     if spec.uses_teacher:
         if t_given is None:
             t_vars, t_info = pretrain_teacher(cfg, t_model, t_data, seed, None, progress,
@@ -417,8 +382,11 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
             t_info = {"teacher_val_acc": evaluate(t_model, t_vars, t_data.val, eval_batch_size)["acc"]}
             if t_data.test is not None:
                 t_info["teacher_test_acc"] = evaluate(t_model, t_vars, t_data.test, eval_batch_size)["acc"]
-    record, result = _student_run(cfg, data.name, method, seed, s_model, s_data, t_model, t_vars, t_data, t_info,
-                                  compiled, progress)
+    t_pool, s_pool, _ = regimes.distillation_pools(t_data.train if spec.uses_teacher else None, s_data.train, cfg.unpaired,
+                                           seed, paired=False, noise=cfg.regime_noise, imbalance=cfg.regime_imbalance)
+    s_run = ModalityData(s_data.modality, s_pool, s_data.val, s_data.test)
+    record, result, _ = train_student(cfg, data.name, DIRECTION, method, seed, s_model, s_run, t_model, t_vars,
+                                      t_pool, t_info, compiled=compiled, progress=progress)
     record.update(num_classes=data.num_classes, notices=list(data.notices))
     return Distilled(student=Trained(s_model, result.variables),
                      teacher=Trained(t_model, t_vars) if spec.uses_teacher else t_given,

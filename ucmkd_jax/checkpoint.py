@@ -1,13 +1,16 @@
-"""Orbax checkpoints of variable pytrees (teachers and trained students)."""
+"""Orbax checkpoints: variable pytrees (teachers, trained students) and the per-epoch state of
+a training run (``RunCheckpointer``)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["save_variables", "load_variables", "CheckpointError"]
+__all__ = ["save_variables", "load_variables", "CheckpointError", "RunCheckpointer"]
 
 
 class CheckpointError(RuntimeError):
@@ -45,3 +48,103 @@ def load_variables(path: str, like):
                                   f"{got.get(key, 'nothing')}, model expects {want.get(key, 'nothing')}; "
                                   f"delete it to retrain")
     return jax.device_get(restored)
+
+
+def _flat(tree):
+    """(key paths as strings, leaves): the state is stored as numbered leaves plus their paths,
+    so any pytree (dataclass states, optax named tuples) round-trips through its own treedef."""
+    with_path = jax.tree_util.tree_leaves_with_path(tree)
+    return [jax.tree_util.keystr(k) for k, _ in with_path], [v for _, v in with_path]
+
+
+class RunCheckpointer:
+    """Per-epoch checkpoints of one training run, so that an interrupted run resumes.
+
+    Layout of ``directory``:
+      ``latest/<epoch>/``: the whole train state (params, batch stats, optimiser state, step
+        counters) and a JSON ``meta`` (epoch, history, best-so-far, the run's fingerprint);
+        Orbax writes each into a temporary folder and renames it when complete, so a kill
+        mid-write leaves the previous epoch's checkpoint as the latest. One is kept.
+      ``best/``: the best-by-validation variables (``save_variables``), rewritten on improvement.
+    The data position needs no state of its own: epoch e's batch order is a pure function of
+    (seed, e), so resuming at an epoch boundary replays exactly the batches an uninterrupted
+    run would see.
+
+    fingerprint: a JSON-able description of the run (method, config, data sizes); restoring a
+    checkpoint written with another fingerprint raises ``CheckpointError`` naming the folder.
+    """
+
+    def __init__(self, directory: str, fingerprint: dict):
+        self.directory = os.path.abspath(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self._manager = None
+
+    @property
+    def manager(self):
+        if self._manager is None:
+            self._manager = ocp.CheckpointManager(
+                os.path.join(self.directory, "latest"),
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        return self._manager
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.directory, "best")
+
+    def restore(self, state_like):
+        """(state, meta) of the latest complete checkpoint, or None if there is none.
+        ``state_like``: a state pytree with the right structure, shapes and dtypes."""
+        latest = os.path.join(self.directory, "latest")
+        if not os.path.isdir(latest):
+            return None
+        epoch = self.manager.latest_step()
+        if epoch is None:
+            return None
+        where = os.path.join(latest, str(epoch))
+        like = jax.device_get(state_like)
+        paths, leaves = _flat(like)
+        target = {f"leaf_{i:05d}": jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for i, a in enumerate(leaves)}
+        try:
+            got = self.manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # the user needs the folder and the cause, not a silent restart
+            raise CheckpointError(f"checkpoint {where} is corrupt or does not match this run "
+                                  f"({type(e).__name__}: {str(e)[:300]}); delete {self.directory} to "
+                                  f"start this run again") from e
+        meta = got["meta"]
+        if meta.get("fingerprint") != self.fingerprint:
+            old, new = meta.get("fingerprint") or {}, self.fingerprint
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise CheckpointError(f"checkpoint {where} was written by a different run (differs in: "
+                                  f"{', '.join(diff) or 'everything'}); delete {self.directory} or use "
+                                  f"another --out")
+        if meta.get("paths") != paths:
+            raise CheckpointError(f"checkpoint {where} holds another state structure than this run's model and "
+                                  f"method; delete {self.directory} to start this run again")
+        stored = [got["state"][f"leaf_{i:05d}"] for i in range(len(leaves))]
+        for p, a, b in zip(paths, stored, leaves):
+            if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
+                raise CheckpointError(f"checkpoint {where} does not match the model at {p}: stored "
+                                      f"{np.shape(a)} {np.asarray(a).dtype}, expected {np.shape(b)} {np.asarray(b).dtype}")
+        state = jax.tree.unflatten(jax.tree.structure(like), stored)
+        return state, meta
+
+    def save(self, epoch: int, state, meta: dict, best_variables=None) -> None:
+        """Write epoch ``epoch`` (1-based, completed). ``best_variables``: new best, if any
+        (written first, so the latest checkpoint never points past the best on disk)."""
+        if best_variables is not None:
+            save_variables(self.best_path, best_variables)
+        paths, leaves = _flat(jax.device_get(state))
+        meta = dict(meta, epoch=epoch, fingerprint=self.fingerprint, paths=paths)
+        flat = {f"leaf_{i:05d}": np.asarray(a) for i, a in enumerate(leaves)}
+        self.manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def finish(self) -> None:
+        """The run is over: drop the resumable state (large: optimiser moments) and keep
+        ``best/``."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+        shutil.rmtree(os.path.join(self.directory, "latest"), ignore_errors=True)

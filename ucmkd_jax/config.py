@@ -37,21 +37,28 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """epochs: student epochs; teacher_epochs: teacher pre-training epochs (CE on its own
-    modality); eval_batch_size: evaluation batch (padded, so one compiled shape)."""
+    modality); eval_batch_size: evaluation batch (padded, so one compiled shape);
+    data_parallel: with more than one device, shard every batch over all of them
+    (``ucmkd_jax.parallel``; batch sizes must divide by the device count)."""
 
     epochs: int = 100
     teacher_epochs: int = 100
     batch_size: int = 64
     eval_batch_size: int = 256
     log_every: int = 10
+    data_parallel: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: a dataset, a direction, methods x seeds.
 
-    pairing: "unpaired" (independent teacher stream, the paper's setting) or "paired" (needed
-    by vanilla_kd). Model selection always uses the validation split; test is reported apart.
+    unpaired: the data regime of distillation (``ucmkd_jax.data.regimes``): "easy" (independent
+      teacher stream over the same pool: the paper's main setting), "medium" (disjoint pools),
+      "hard" (disjoint pools + teacher-side noise and label imbalance; ``regime_noise``,
+      ``regime_imbalance``) or "paired" (partner batches: vanilla_kd and the paired table).
+    subsample: fraction of each train split kept (Tables 3-5); validation and test stay whole.
+    Model selection always uses the validation split; test is reported apart.
     """
 
     dataset: str = "synthetic"
@@ -60,11 +67,26 @@ class ExperimentConfig:
     methods: Tuple[str, ...] = ("ce", "feature_kd", "ucmkd")
     seeds: int = 5
     first_seed: int = 0
-    pairing: str = "unpaired"
+    unpaired: str = "easy"
+    subsample: float = 1.0
+    regime_noise: float = 0.5
+    regime_imbalance: float = 10.0
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
     method: MethodConfig = MethodConfig()
+
+    def __post_init__(self):
+        from ucmkd_jax.data.regimes import REGIMES
+        if self.unpaired not in REGIMES:
+            raise ValueError(f"unpaired must be one of {', '.join(REGIMES)}, got {self.unpaired!r}")
+        if not 0.0 < self.subsample <= 1.0:
+            raise ValueError(f"subsample must be in (0, 1], got {self.subsample}")
+
+    @property
+    def pairing(self) -> str:
+        """How teacher batches are drawn: "paired" (partners) or "unpaired" (own stream)."""
+        return "paired" if self.unpaired == "paired" else "unpaired"
 
 
 _TABLE12 = ExperimentConfig()  # ResNet-18, batch 64, 100 epochs, SGD lr 1e-2, lambda 1/1, n1 = n2 = 1

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jax.sharding import Mesh
+
+from ucmkd_jax.checkpoint import RunCheckpointer, load_variables
 from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data.base import Split, validate_split
 from ucmkd_jax.data.streams import eval_batches, prefetch_to_device, steps_per_epoch, train_batches
@@ -24,6 +27,7 @@ from ucmkd_jax.losses.classification import accuracy_count
 from ucmkd_jax.methods.base import MethodConfig, create_train_state, get_method, make_train_step, with_extra
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
+from ucmkd_jax.parallel import check_batch_divisible, replicate, shard_batch
 
 __all__ = ["NonFiniteLossError", "TrainResult", "make_evaluator", "evaluate", "fit"]
 
@@ -71,7 +75,8 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
         train_config: TrainConfig = TrainConfig(), epochs: Optional[int] = None,
         teacher: Optional[Model] = None, teacher_variables=None, teacher_train: Optional[Split] = None,
         pairing: str = "unpaired", seed: int = 0, desc: str = "", progress: bool = True,
-        compiled: Optional[dict] = None) -> TrainResult:
+        compiled: Optional[dict] = None, checkpoint: Optional[RunCheckpointer] = None,
+        on_epoch: Optional[Callable[[dict, list], None]] = None, mesh: Optional[Mesh] = None) -> TrainResult:
     """Train ``model`` from ``variables`` with a registered method; select on ``val``.
 
     Args:
@@ -79,13 +84,22 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
       train, val: the model's own modality; ``y`` int labels in [0, K).
       method: a name in ``ucmkd_jax.methods.METHODS``.
       teacher, teacher_variables, teacher_train: the frozen teacher and its modality's train
-        split, for methods that use it. ``pairing`` says how teacher batches are drawn.
-      seed: seeds the batch order (the variables carry the init seed).
+        split (the pool its batches are drawn from), for methods that use it. ``pairing`` says
+        how teacher batches are drawn ("unpaired" or "paired").
+      seed: seeds the batch order (epoch e's order is a function of (seed, e) alone); the
+        variables carry the init seed.
       compiled: a dict the caller keeps across calls (e.g. over seeds) so that the jitted step
         and evaluator of an identical setting are compiled once, not once per call.
+      checkpoint: saves the state after every epoch and, if it holds a checkpoint of this run,
+        resumes from it (the result equals an uninterrupted run's).
+      on_epoch: called as ``on_epoch(record, history)`` after each epoch (its record and all
+        records so far, restored ones included).
+      mesh: a 1-d ("data",) device mesh (``ucmkd_jax.parallel.data_mesh``) for data-parallel
+        training with single-device semantics; None: one device.
     Raises:
       ValueError on bad input (before anything is compiled); NonFiniteLossError naming the
-      method, epoch and step when a loss or gradient stops being finite.
+      method, epoch and step when a loss or gradient stops being finite; CheckpointError for a
+      corrupt or foreign checkpoint.
     """
     spec = get_method(method)
     epochs = train_config.epochs if epochs is None else epochs
@@ -97,19 +111,22 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
             raise ValueError(f"method {method!r} needs a teacher, its variables and its train split")
         if spec.needs_paired and pairing != "paired":
             raise ValueError(f"method {method!r} needs paired batches (the teacher sees the partner of each "
-                             f"student sample): run it with pairing='paired' (--pairing paired)")
+                             f"student sample): run it with the paired regime (--unpaired paired)")
         teacher.check_input(teacher_train.x)
         if teacher.num_classes != model.num_classes:
             raise ValueError(f"teacher has {teacher.num_classes} classes but the student has {model.num_classes}")
     else:
         pairing = "none"
+    if mesh is not None:
+        check_batch_divisible(train_config.batch_size, mesh)
+        check_batch_divisible(train_config.eval_batch_size, mesh, "evaluation batch size")
     steps = steps_per_epoch(len(train), train_config.batch_size)
     schedule = learning_rate_schedule(optim, steps, epochs)
     tx = outer_optimizer(optim, schedule)
     if spec.optimizer is not None:  # a method with modules that have an optimiser of their own
         tx = spec.optimizer(tx, method_config)
     compiled = {} if compiled is None else compiled
-    key = (method, id(model), id(teacher), method_config, optim, steps, epochs)
+    key = (method, id(model), id(teacher), method_config, optim, steps, epochs, id(mesh))
     if key not in compiled:
         compiled[key] = make_train_step(spec.build(model, teacher, method_config), tx, schedule)
     step_fn = compiled[key]
@@ -117,17 +134,28 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     variables = with_extra(spec, variables, jax.random.PRNGKey(seed + 7919), model, teacher,
                            teacher_variables, method_config)
     state = create_train_state(variables, tx)
-    t_vars = jax.device_put(teacher_variables) if spec.uses_teacher else {}
+    t_vars = teacher_variables if spec.uses_teacher else {}
 
-    best = (-1.0, 0, jax.device_get(variables))
-    history, start = [], time.time()
-    seed_seq = np.random.SeedSequence(seed)
-    bar = tqdm(total=epochs * steps, desc=desc or method, unit="step", disable=not progress,
-               dynamic_ncols=True, leave=True)
-    for epoch in range(epochs):
+    best = (-1.0, 0, None)
+    history, first_epoch, elapsed = [], 0, 0.0
+    if checkpoint is not None:
+        restored = checkpoint.restore(state)
+        if restored is not None:
+            state, meta = restored
+            history, first_epoch, elapsed = meta["history"], meta["epoch"], meta.get("wall_s", 0.0)
+            best = (meta["best_val_acc"], meta["best_epoch"],
+                    load_variables(checkpoint.best_path, {"params": state.params, "batch_stats": state.batch_stats}))
+    state = replicate(state, mesh) if mesh is not None else jax.device_put(state)
+    t_vars = replicate(t_vars, mesh) if mesh is not None else jax.device_put(t_vars)
+    put = (lambda b: shard_batch(b, mesh)) if mesh is not None else jax.device_put
+    start = time.time()
+    bar = tqdm(total=epochs * steps, initial=first_epoch * steps, desc=desc or method, unit="step",
+               disable=not progress, dynamic_ncols=True, leave=True)
+    for epoch in range(first_epoch, epochs):
         sums = None
-        epoch_batches = train_batches(train, teacher_train, train_config.batch_size, seed_seq.spawn(1)[0], pairing)
-        for i, batch in enumerate(prefetch_to_device(epoch_batches)):
+        epoch_batches = train_batches(train, teacher_train, train_config.batch_size,
+                                      np.random.SeedSequence([seed, epoch]), pairing)
+        for i, batch in enumerate(prefetch_to_device(epoch_batches, put=put)):
             state, metrics = step_fn(state, t_vars, batch)
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             if (i + 1) % train_config.log_every == 0 or i + 1 == steps:
@@ -146,10 +174,19 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
         record = {"epoch": epoch + 1, "val_acc": val_metrics["acc"], "val_ce": val_metrics["ce"]}
         record.update({f"train_{k}": float(v) / steps for k, v in jax.device_get(sums).items()})
         history.append(record)
-        if val_metrics["acc"] > best[0]:
+        improved = val_metrics["acc"] > best[0]
+        if improved:
             best = (val_metrics["acc"], epoch + 1, jax.device_get(current))
+        if checkpoint is not None:
+            checkpoint.save(epoch + 1, state, {"history": history, "best_val_acc": best[0], "best_epoch": best[1],
+                                               "wall_s": elapsed + time.time() - start},
+                            best_variables=best[2] if improved else None)
+        if on_epoch is not None:
+            on_epoch(record, history)
         bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{record['train_loss']:.4f}",
                         val_acc=f"{val_metrics['acc']:.3f}")
     bar.close()
+    if best[2] is None:  # zero epochs
+        best = (best[0], 0, jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
     return TrainResult(variables=best[2], best_epoch=best[1], best_val_acc=best[0], history=history,
-                       wall_s=time.time() - start)
+                       wall_s=elapsed + time.time() - start)

@@ -30,7 +30,7 @@ def test_writes_results_table_and_plot(first_run):
     assert "| a2v | ce | 1 |" in md and f"{100 * rec['test_acc']:.2f} ± 0.00" in md
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     cfg = json.load(open(os.path.join(out, "config.json")))
-    assert cfg["model"]["width"] == 2 and cfg["train"]["epochs"] == 1 and cfg["pairing"] == "unpaired"
+    assert cfg["model"]["width"] == 2 and cfg["train"]["epochs"] == 1 and cfg["unpaired"] == "easy" and cfg["subsample"] == 1.0
 
 
 def test_rerun_resumes_and_reuses_the_teacher(first_run, capsys):
@@ -41,7 +41,7 @@ def test_rerun_resumes_and_reuses_the_teacher(first_run, capsys):
     assert [r["method"] for r in new] == ["ce", "ucmkd"]
     assert new[0] == records[0]  # the finished run was not redone
     assert new[1]["teacher_test_acc"] == records[0]["teacher_test_acc"]  # same cached teacher
-    assert new[1]["hypergrad"] == "first_order" and new[1]["pairing"] == "unpaired"
+    assert new[1]["hypergrad"] == "first_order" and new[1]["unpaired"] == "easy"
 
 
 def test_rerun_with_another_config_is_refused(first_run):
@@ -53,5 +53,5 @@ def test_rerun_with_another_config_is_refused(first_run):
 def test_unknown_method_and_unpaired_vanilla_kd_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         main(ARGS + ["--methods", "magic", "--out", str(tmp_path / "a")])
-    with pytest.raises(ValueError, match="needs paired data: add --pairing paired"):
+    with pytest.raises(ValueError, match="needs paired data: add --unpaired paired"):
         main(ARGS + ["--methods", "vanilla_kd", "--out", str(tmp_path / "b")])

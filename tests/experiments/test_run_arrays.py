@@ -88,7 +88,7 @@ def test_each_form_runs_ce_and_ucmkd(pair_run):
         assert (r["test_acc"] is None) == (FORMS[s][1][2] == 0)
         assert (r["test_acc"] is None) == (r["test_ce"] is None)
     ce, ucmkd = records
-    assert ce["pairing"] is None and ce["hypergrad"] is None and ucmkd["pairing"] == "unpaired"
+    assert ce["unpaired"] is None and ce["hypergrad"] is None and ucmkd["unpaired"] == "easy"
     assert 0.0 <= ucmkd["teacher_val_acc"] <= 1.0 and ucmkd["hypergrad"] == "first_order"
     # one teacher per seed, reported beside every method (as run_experiment does)
     assert (ce["teacher_val_acc"], ce["teacher_test_acc"]) == (ucmkd["teacher_val_acc"], ucmkd["teacher_test_acc"])
@@ -194,7 +194,7 @@ def test_bad_input_stops_before_any_compilation(case, npz, tmp_path, no_compile)
     elif case == "vanilla_kd":
         extra, message = ["--methods", "ce,vanilla_kd"], "method 'vanilla_kd' needs paired samples"
     elif case == "paired":
-        extra, message = ["--pairing", "paired"], "array datasets are unpaired"
+        extra, message = ["--unpaired", "paired"], "array datasets are unpaired"
     elif case == "batch":
         extra, message = ["--batch-size", "64"], "student train split has 42 samples, fewer than one batch of 64"
     elif case == "vector_backbone":

@@ -2,7 +2,7 @@
 
 Everything the training loop needs from a dataset is a ``CrossModalDataset``: per modality, a
 train/val/test ``Split`` of numpy arrays. Sample i of the two modalities' *train* splits is the
-same clip only when ``paired`` is True (then ``pairing="paired"`` may use it); unpaired training
+same clip only when ``paired`` is True (then the paired regime may use it); unpaired training
 never relies on that.
 """
 from __future__ import annotations

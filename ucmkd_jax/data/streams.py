@@ -74,10 +74,11 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple]:
         yield x, y.astype(np.int32), mask
 
 
-def prefetch_to_device(batches: Iterator[dict], size: int = 2) -> Iterator[dict]:
+def prefetch_to_device(batches: Iterator[dict], size: int = 2, put=jax.device_put) -> Iterator[dict]:
     """Yield the batches of ``batches`` already on the device, ``size`` ahead: a background
     thread gathers the next numpy batches and starts their host-to-device copies while the
-    current step runs. Order is preserved; an exception in the producer is re-raised here."""
+    current step runs. Order is preserved; an exception in the producer is re-raised here.
+    ``put``: numpy batch -> device batch (``ucmkd_jax.parallel.shard_batch`` for a mesh)."""
     q: queue.Queue = queue.Queue(maxsize=size)
     done = object()
     stop = threading.Event()
@@ -87,7 +88,7 @@ def prefetch_to_device(batches: Iterator[dict], size: int = 2) -> Iterator[dict]
             for batch in batches:
                 if stop.is_set():
                     return
-                q.put(jax.device_put(batch))
+                q.put(put(batch))
             q.put(done)
         except BaseException as e:  # handed to the consumer
             q.put(e)
