@@ -143,6 +143,7 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
         if restored is not None:
             state, meta = restored
             history, first_epoch, elapsed = meta["history"], meta["epoch"], meta.get("wall_s", 0.0)
+            tqdm.write(f"{desc or method}: resuming after epoch {first_epoch}/{epochs} from {checkpoint.directory}")
             best = (meta["best_val_acc"], meta["best_epoch"],
                     load_variables(checkpoint.best_path, {"params": state.params, "batch_stats": state.batch_stats}))
     state = replicate(state, mesh) if mesh is not None else jax.device_put(state)

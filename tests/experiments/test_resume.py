@@ -1,0 +1,67 @@
+"""Kill -9 in the middle of a run, rerun the same command: the run resumes from its last
+finished epoch and ends with the same results as a run that was never interrupted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARGS = ["--width", "2", "--epochs", "3", "--teacher-epochs", "1", "--seeds", "1", "--methods", "feature_kd",
+        "--no-progress"]
+
+
+def _cmd(out):
+    return [sys.executable, os.path.join(ROOT, "experiments", "run.py"), *ARGS, "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    # one persistent XLA cache for the three processes: the programs are compiled once
+    cache = tmp_path_factory.mktemp("xla_cache")
+    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+
+
+def _finished_epochs(out):
+    d = os.path.join(out, "checkpoints", "a2v", "feature_kd", "seed0", "latest")
+    if not os.path.isdir(d):
+        return 0
+    return max([int(n) for n in os.listdir(d) if n.isdigit()], default=0)
+
+
+def test_sigkill_then_rerun_ends_like_an_uninterrupted_run(tmp_path, env):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    ref = subprocess.run(_cmd(whole), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    proc = subprocess.Popen(_cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while _finished_epochs(killed) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = _finished_epochs(killed)
+    assert 1 <= stopped_at < 3
+    assert not os.path.exists(killed / "results.json")  # the run was in progress
+
+    again = subprocess.run(_cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming after epoch {stopped_at}/3" in again.stdout + again.stderr
+    a, b = json.load(open(whole / "results.json")), json.load(open(killed / "results.json"))
+    drop = ("wall_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in b]
+    h_a = json.load(open(whole / "history" / "a2v_feature_kd_seed0.json"))
+    h_b = json.load(open(killed / "history" / "a2v_feature_kd_seed0.json"))
+    assert h_a == h_b and [h["epoch"] for h in h_b] == [1, 2, 3]
+    lines = [json.loads(x) for x in open(killed / "logs" / "a2v_feature_kd_seed0.jsonl")]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]  # every epoch logged once across the two processes
+    assert os.listdir(killed / "logs" / "tb" / "a2v_feature_kd_seed0")  # TensorBoard events
+    # the finished run keeps its best variables, not its resumable state
+    run_dir = killed / "checkpoints" / "a2v" / "feature_kd" / "seed0"
+    assert os.path.isdir(run_dir / "best") and not os.path.exists(run_dir / "latest")
