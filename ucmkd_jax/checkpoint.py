@@ -84,7 +84,8 @@ class RunCheckpointer:
         if self._manager is None:
             self._manager = ocp.CheckpointManager(
                 os.path.join(self.directory, "latest"),
-                options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                     enable_async_checkpointing=False))
         return self._manager
 
     @property

@@ -15,7 +15,7 @@ import pytest
 
 from experiments import run
 from ucmkd_jax import distill
-from ucmkd_jax.data.arrays import toy_arrays
+from ucmkd_jax.data.arrays import load_arrays, toy_arrays
 
 # form -> (per-sample shape, (train, val, test) sizes: 0 = absent, seed of its random map).
 # Keep in step with tests/test_api.py (same arrays, same compiled steps).
@@ -223,3 +223,27 @@ def test_missing_file_is_named(tmp_path, npz):
         run_cli(["--dataset", "arrays", "--teacher-data", str(npz["vector"]), "--student-data",
                  str(tmp_path / "nope.npz"), "--out", str(tmp_path / "out")] + TINY)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_regime_and_subsample_apply_to_array_datasets(npz, tmp_path):
+    """--unpaired hard --subsample 0.5 on image8 -> vector: each train split halved per class
+    (round(n_c / 2)), then the teacher stream imbalanced 10:1 (class ranked r keeps
+    round(10 ** (-r / 2) * k_c), in a seeded class order). The two files are separate
+    collections, so no pool is halved."""
+    import itertools
+
+    out = tmp_path / "hard"
+    records, stdout = run_cli(pair_argv(npz, 1, out) + ["--unpaired", "hard", "--subsample", "0.5"])
+    ce, ucmkd = records
+    half = lambda y: [max(1, round(0.5 * n)) for n in np.bincount(y, minlength=3)]  # noqa: E731
+    loaded = load_arrays(str(npz["image8"]), str(npz["vector"]))  # image8's validation is carved from train
+    k_t, k_s = (half(loaded.modalities[r].train.y) for r in ("teacher", "student"))
+    pools = {sum(max(1, round(10 ** (-r / 2) * k_t[c])) for r, c in enumerate(order))
+             for order in itertools.permutations(range(3))}
+    assert (ce["student_train"], ce["subsample"], ce["unpaired"], ce["teacher_pool"]) == (sum(k_s), 0.5, None, None)
+    assert (ucmkd["student_train"], ucmkd["unpaired"]) == (sum(k_s), "hard")
+    assert ucmkd["teacher_pool"] in pools and ucmkd["teacher_pool"] < sum(k_t)
+    assert "regime hard, subsample 0.5" in open(out / "results.md").read()
+    with pytest.raises(ValueError, match="array datasets are unpaired: the paired regime is impossible"):
+        distill(teacher_data=str(npz["image8"]), student_data=str(npz["vector"]), unpaired="paired",
+                width=2, latent_dim=16, epochs=1, teacher_epochs=1, batch_size=16, progress=False, log=None)
