@@ -81,7 +81,12 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
 
     Args:
       model, variables: the network to train and its initial variables.
-      train, val: the model's own modality; ``y`` int labels in [0, K).
+      train, val: the model's own modality; ``y`` int labels in [0, K). ``train`` may also be a
+        ``TrainStream`` (e.g. ``ucmkd_jax.data.pipeline``): an object with ``num_samples`` (student
+        samples per epoch) and ``epoch_batches(epoch, batch_size, with_teacher) -> iterator`` of
+        numpy dicts {"x_s", "y_s"[, "x_t", "y_t"]} of exactly ``batch_size`` rows, deterministic
+        for its seed and ``epoch`` (that is what makes resuming exact); it then supplies the
+        teacher batches too (``teacher_train`` must be None).
       method: a name in ``ucmkd_jax.methods.METHODS``.
       teacher, teacher_variables, teacher_train: the frozen teacher and its modality's train
         split (the pool its batches are drawn from), for methods that use it. ``pairing`` says
@@ -103,16 +108,27 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     """
     spec = get_method(method)
     epochs = train_config.epochs if epochs is None else epochs
-    validate_split(train, model.num_classes, f"{model.name} train")
+    streaming = not isinstance(train, Split)
+    if streaming:  # a TrainStream: checks its own data; its batches carry x_t when the method needs it
+        if not hasattr(train, "epoch_batches") or not hasattr(train, "num_samples"):
+            raise TypeError(f"train must be a Split or a TrainStream (num_samples, epoch_batches), got "
+                            f"{type(train).__name__}")
+        if spec.uses_teacher and teacher_train is not None:
+            raise ValueError("with a TrainStream the teacher batches come from the stream: teacher_train must be None")
+    else:
+        validate_split(train, model.num_classes, f"{model.name} train")
+        model.check_input(train.x)
     validate_split(val, model.num_classes, f"{model.name} val")
-    model.check_input(train.x)
     if spec.uses_teacher:
+        if streaming:
+            teacher_train = train  # only for the checks below being skipped
         if teacher is None or teacher_variables is None or teacher_train is None:
             raise ValueError(f"method {method!r} needs a teacher, its variables and its train split")
         if spec.needs_paired and pairing != "paired":
             raise ValueError(f"method {method!r} needs paired batches (the teacher sees the partner of each "
                              f"student sample): run it with the paired regime (--unpaired paired)")
-        teacher.check_input(teacher_train.x)
+        if not streaming:
+            teacher.check_input(teacher_train.x)
         if teacher.num_classes != model.num_classes:
             raise ValueError(f"teacher has {teacher.num_classes} classes but the student has {model.num_classes}")
     else:
@@ -120,7 +136,7 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     if mesh is not None:
         check_batch_divisible(train_config.batch_size, mesh)
         check_batch_divisible(train_config.eval_batch_size, mesh, "evaluation batch size")
-    steps = steps_per_epoch(len(train), train_config.batch_size)
+    steps = steps_per_epoch(train.num_samples if streaming else len(train), train_config.batch_size)
     schedule = learning_rate_schedule(optim, steps, epochs)
     tx = outer_optimizer(optim, schedule)
     if spec.optimizer is not None:  # a method with modules that have an optimiser of their own
@@ -154,8 +170,11 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
                disable=not progress, dynamic_ncols=True, leave=True)
     for epoch in range(first_epoch, epochs):
         sums = None
-        epoch_batches = train_batches(train, teacher_train, train_config.batch_size,
-                                      np.random.SeedSequence([seed, epoch]), pairing)
+        if streaming:
+            epoch_batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none")
+        else:
+            epoch_batches = train_batches(train, teacher_train, train_config.batch_size,
+                                          np.random.SeedSequence([seed, epoch]), pairing)
         for i, batch in enumerate(prefetch_to_device(epoch_batches, put=put)):
             state, metrics = step_fn(state, t_vars, batch)
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
