@@ -78,6 +78,8 @@ def parse_args(argv=None):
     a("--width", type=int, default=None, help="first-stage channels (64 = paper)")
     a("--dtype", default=None, choices=["float32", "bfloat16"])
     a("--out", default=None, help="output directory (default runs/<dataset>)")
+    a("--teacher-cache", default=None, help="pre-trained teachers, shared by runs of equal teacher settings "
+                                             "(default OUT/teachers)")
     a("--fresh", action="store_true", help="ignore results already in --out")
     a("--no-progress", action="store_true")
     g = p.add_argument_group("--dataset arrays (bring your own modalities)").add_argument
@@ -210,7 +212,8 @@ def main(argv=None):
         api.run_with_models(cfg, *arrays[:3], out_dir=out, done=done, on_record=on_record,
                             progress=not args.no_progress)
     else:
-        run_experiment(cfg, out_dir=out, done=done, on_record=on_record, progress=not args.no_progress)
+        run_experiment(cfg, out_dir=out, done=done, on_record=on_record, progress=not args.no_progress,
+                       teacher_cache=args.teacher_cache)
     wanted = [r for r in records if r["method"] in cfg.methods
               and cfg.first_seed <= r["seed"] < cfg.first_seed + cfg.seeds]
     table = summarize(wanted)

@@ -195,7 +195,7 @@ def run_with_models(cfg: ExperimentConfig, dataset: CrossModalDataset, teacher: 
                     on_record: Optional[Callable[[dict, list], None]] = None, progress: bool = True) -> List[dict]:
     """``run_experiment`` for an arrays dataset whose two sides have their own, prebuilt models:
     every (seed, method) of ``cfg``, one teacher pre-trained per seed (cached under
-    ``<out_dir>/teachers/teacher2student``), the regime and subsample of ``cfg`` applied.
+    ``<out_dir>/teachers/teacher2student/<key>``), the regime and subsample of ``cfg`` applied.
     Returns the new records (``run_experiment``'s fields)."""
     check_run(cfg, dataset, teacher, student, cfg.methods)
     return run_experiment(dataclasses.replace(cfg, direction=DIRECTION), dataset, out_dir=out_dir, done=done,

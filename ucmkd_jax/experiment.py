@@ -6,6 +6,8 @@ teacher_test_acc, epochs, wall_s``. ``summarize`` turns them into a Markdown tab
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -25,7 +27,7 @@ from ucmkd_jax.parallel import data_mesh
 from ucmkd_jax.run_log import EpochLog
 from ucmkd_jax.train import evaluate, fit, make_evaluator
 
-__all__ = ["build_models", "pretrain_teacher", "train_student", "check_methods", "run_experiment", "summarize",
+__all__ = ["build_models", "pretrain_teacher", "teacher_cache_dir", "train_student", "check_methods", "run_experiment", "summarize",
            "expand_directions"]
 
 
@@ -80,6 +82,25 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
         test = evaluate(teacher, variables, data.test, cfg.train.eval_batch_size, ev)
         info.update(teacher_test_acc=test["acc"], teacher_test_ce=test["ce"])
     return variables, info
+
+
+def teacher_cache_dir(root: str, cfg: ExperimentConfig, dataset_name: str, direction: str, teacher: Model,
+                      data: ModalityData) -> str:
+    """``<root>/<direction>/<key>``: the key hashes everything a pre-trained teacher depends on
+    (dataset, modality and input shape, backbone, teacher epochs, batch size, optimiser,
+    subsample, train split size), so runs with different student settings share teachers and a
+    changed teacher setting never picks up a stale one. ``key.json`` beside it spells it out."""
+    desc = {"dataset": dataset_name, "direction": direction, "modality": data.modality,
+            "input_shape": list(teacher.input_shape), "latent_dim": teacher.latent_dim,
+            "model": to_dict(cfg.model), "teacher_epochs": cfg.train.teacher_epochs,
+            "batch_size": cfg.train.batch_size, "optim": to_dict(cfg.optim), "subsample": cfg.subsample,
+            "n_train": len(data.train)}
+    text = json.dumps(desc, sort_keys=True)
+    path = os.path.join(root, direction, hashlib.sha1(text.encode()).hexdigest()[:12])
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "key.json"), "w") as f:
+        f.write(json.dumps(desc, indent=1, sort_keys=True))
+    return path
 
 
 def _fingerprint(cfg: ExperimentConfig, method: str, seed: int, n_train: int, n_pool) -> dict:
@@ -154,7 +175,8 @@ def check_methods(cfg: ExperimentConfig, paired_dataset: bool, dataset_name: str
 def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] = None, *,
                    out_dir: Optional[str] = None, done: Iterable[tuple] = (),
                    on_record: Optional[Callable[[dict, list], None]] = None,
-                   progress: bool = True, models: Optional[tuple] = None, mesh="auto") -> List[dict]:
+                   progress: bool = True, models: Optional[tuple] = None, mesh="auto",
+                   teacher_cache: Optional[str] = None) -> List[dict]:
     """Run every (direction, seed, method) of ``cfg``.
 
     Per seed: the train splits are subsampled (``cfg.subsample``), the teacher is pre-trained
@@ -163,6 +185,8 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
 
     Args:
       dataset: a ``CrossModalDataset``; loaded from ``cfg.dataset`` when None.
+      teacher_cache: where pre-trained teachers are cached (default ``<out_dir>/teachers``); runs
+        that share it share teachers of equal configuration (``teacher_cache_dir``).
       out_dir: teachers are cached under ``<out_dir>/teachers``, students checkpoint every
         epoch under ``<out_dir>/checkpoints`` (an interrupted run resumes there) and log under
         ``<out_dir>/logs``. None: nothing is written.
@@ -195,11 +219,8 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
             t_seed, s_seed, sub_info = subsample(t_data, s_data, cfg.subsample, seed, dataset.paired)
             t_vars, t_info = None, {}
             if any(get_method(m).uses_teacher for m in todo) or models is None:
-                cache = None
-                if out_dir:
-                    sub = "" if cfg.subsample == 1.0 else f"subsample{cfg.subsample:g}"
-                    cache = os.path.join(out_dir, "teachers", direction, sub) if sub else \
-                        os.path.join(out_dir, "teachers", direction)
+                root = teacher_cache or (os.path.join(out_dir, "teachers") if out_dir else None)
+                cache = teacher_cache_dir(root, cfg, dataset.name, direction, teacher, t_seed) if root else None
                 t_vars, t_info = pretrain_teacher(cfg, teacher, t_seed, seed, cache, progress,
                                                   desc=f"teacher {t_data.modality} seed {seed}", compiled=compiled,
                                                   mesh=mesh)
