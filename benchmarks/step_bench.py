@@ -11,9 +11,12 @@ backend reports it (``device.memory_stats()``; ``None`` on CPU).
 
 Cases (``--methods``, comma separated): ``teacher_fwd`` (the frozen teacher's forward alone, the
 floor term of the issue's targets), ``ce``, ``feature_kd``, ``sumall``, ``ucmkd`` (first-order
-hypergradient, the authors' step), ``ucmkd_unrolled`` (the exact hypergradient), ``vanilla_kd``, and
-the ablations ``ucmkd_{fa,la}_only[_unrolled]`` (one inner stage: they attribute the unrolled step's
-cost to the FA/Sinkhorn or the LA stage; JAX only); ``all`` = every one of them. The default is
+hypergradient, the authors' step), ``ucmkd_unrolled`` (the exact hypergradient), ``vanilla_kd``, the
+ablations ``ucmkd_{fa,la}_only[_unrolled]`` (one inner stage: they attribute the unrolled step's
+cost to the FA/Sinkhorn or the LA stage; JAX only), and the published baselines of Table 2 / 11
+``dkd``, ``rkd``, ``rld``, ``fitnet``, ``reviewkd``, ``norm``, ``c2kd`` (their default options; JAX
+only; methods with modules of their own get them and their optimiser as in training); ``all`` =
+every one of them. The default is
 ``teacher_fwd,ce,feature_kd,sumall,ucmkd,ucmkd_unrolled``, run in the order given (case, then dtype,
 then direction), so that a run cut short by ``--deadline`` has the first cases in both directions.
 
@@ -30,6 +33,7 @@ Examples:
     python benchmarks/step_bench.py --small --steps 10 --vs-torch --threads 1 --json /tmp/bench.json
     python benchmarks/step_bench.py --compile-only --dtype float32,bfloat16   # FLOPs, memory at full shapes
     python benchmarks/step_bench.py --methods ucmkd,ucmkd_unrolled --profile gpu_out/prof   # where time goes
+    python benchmarks/step_bench.py --small --methods feature_kd,baselines --directions a2v    # the baselines
     python benchmarks/step_bench.py --dtype float32,bfloat16 --steps 10 --vs-torch --json gpu_out/bench.json
 
 Record fields (``--json`` writes a list, rewritten after every case so a killed run keeps what it
@@ -84,7 +88,16 @@ CASES: Dict[str, tuple] = {
     # (a Hessian-vector product) of the fixed-length unrolled solve that the exact hypergradient needs.
     "fa_solve": (None, "first_order"),
     "fa_solve_unrolled": (None, "unrolled"),
+    # The published baselines (Table 2, Table 11), JAX only.
+    "dkd": ("dkd", None),
+    "rkd": ("rkd", None),
+    "rld": ("rld", None),
+    "fitnet": ("fitnet", None),
+    "reviewkd": ("reviewkd", None),
+    "norm": ("norm", None),
+    "c2kd": ("c2kd", None),
 }
+BASELINE_CASES = ("dkd", "rkd", "rld", "fitnet", "reviewkd", "norm", "c2kd")
 DEFAULT_CASES = ("teacher_fwd", "ce", "feature_kd", "sumall", "ucmkd", "ucmkd_unrolled")
 # torch_reference method for each case (the authors have no unrolled step and no ablations: cases
 # missing here are timed in JAX only).
@@ -249,6 +262,7 @@ class JaxCase:
 
         from ucmkd_jax.methods import (MethodConfig, create_train_state, get_method, make_train_step,
                                        teacher_features)
+        from ucmkd_jax.methods.base import with_extra
         from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
 
         method, hypergrad = CASES[case]
@@ -272,9 +286,13 @@ class JaxCase:
             cfg = MethodConfig(hypergrad=hypergrad or "first_order")
             optim = OptimConfig()
             schedule = learning_rate_schedule(optim, steps_per_epoch=100, epochs=100)
+            spec = get_method(method)
             tx = outer_optimizer(optim, schedule)
-            step = make_train_step(get_method(method).build(student, teacher, cfg), tx, schedule)
-            self.carry = create_train_state(sv, tx)
+            if spec.optimizer is not None:  # as train.fit: the method's own modules may have their own optimiser
+                tx = spec.optimizer(tx, cfg)
+            step = make_train_step(spec.build(student, teacher, cfg), tx, schedule)
+            variables = with_extra(spec, sv, jax.random.PRNGKey(seed + 7919), student, teacher, tv, cfg)
+            self.carry = create_train_state(variables, tx)
             t0 = time.perf_counter()
             lowered = step.lower(self.carry, tv, batch)
             compiled = lowered.compile()
@@ -513,7 +531,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default=",".join(DEFAULT_CASES),
-                   help=f"comma-separated cases from {sorted(CASES)} or 'all' (default: %(default)s)")
+                   help=f"comma-separated cases from {sorted(CASES)}, 'baselines' (= {','.join(BASELINE_CASES)}) "
+                        f"or 'all' (default: %(default)s)")
     p.add_argument("--directions", default="a2v,v2a", help="a2v (audio teacher -> video student), v2a")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or both comma-separated")
     p.add_argument("--small", action="store_true", help=f"small shapes for a 2-core CPU: {SMALL}")
@@ -557,6 +576,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     names = list(CASES) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [c for m in names for c in (BASELINE_CASES if m == "baselines" else (m,))]
     bad = [m for m in names if m not in CASES]
     if bad:
         p.error(f"unknown case(s) {bad}; choose from {sorted(CASES)} or 'all'")

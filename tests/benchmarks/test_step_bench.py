@@ -80,6 +80,15 @@ def test_step_bench_vs_torch_record(tmp_path, interleave):
     assert r["torch_method"] == "ce" and math.isfinite(r["torch_loss"])
 
 
+def test_step_bench_baseline_with_modules_of_its_own():
+    """norm has a module of its own (init_extra) and an optimizer hook: the bench builds its state
+    as the training loop does (the cheapest such baseline to compile)."""
+    assert step_bench.parse_args(["--methods", "ce,baselines"]).cases == ["ce", *step_bench.BASELINE_CASES]
+    (r,) = step_bench.main(TINY + ["--methods", "norm", "--directions", "v2a", "--steps", "1", "--warmup", "0"])
+    assert r["error"] is None, r["error"]
+    assert _positive_finite(r["ms_per_step_median"]) and math.isfinite(r["loss"])
+
+
 def test_time_budget_skips_and_argument_errors(tmp_path):
     records = step_bench.main(TINY + ["--methods", "ce", "--time-budget", "-1"])
     assert records[0]["skipped"] and records[0]["ms_per_step_median"] is None
