@@ -16,6 +16,11 @@ from ucmkd_jax.models.model import Model
 from ucmkd_jax.models.resnet import ResNetEncoder
 from ucmkd_jax.precision import at_least_f32
 
+__all__ = ["MASK_VALUE", "options", "check_teacher", "check_feature_maps", "stage_channels", "split_extra",
+           "counter_extra", "warmup_weight", "adam_for_extra", "per_sample_maps", "resize_hw",
+           "teacher_stage_maps", "adaptive_avg_pool", "kl_from_logits", "binary_log_probs", "binary_kl",
+           "masked_kl"]
+
 # Added to masked logits (after division by the temperature) before a softmax: finite, so that
 # 0 * log 0 terms and their gradients stay 0 instead of NaN (the authors use -1000 or -1e9).
 MASK_VALUE = -1e9

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ucmkd_jax.losses.classification import cross_entropy
-from ucmkd_jax.methods._common import adam_for_extra, check_teacher, options
+from ucmkd_jax.methods._common import adam_for_extra, check_teacher, options, split_extra
 from ucmkd_jax.methods.base import MethodConfig, register, teacher_features
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.precision import at_least_f32
@@ -88,7 +88,7 @@ def build_norm(student: Model, teacher: Model, config: MethodConfig):
     def grads_fn(params, batch_stats, teacher_variables, batch, lr):
         del lr
         z_t = teacher_features(teacher, teacher_variables, batch["x_t"])
-        stats = {k: v for k, v in batch_stats.items() if k != "extra"}
+        stats, extra_stats = split_extra(batch_stats)
 
         def loss_fn(p):
             z, new_stats = student.encode(p["encoder"], stats, batch["x_s"], train=True)
@@ -98,6 +98,6 @@ def build_norm(student: Model, teacher: Model, config: MethodConfig):
             return loss, (new_stats, {"ce": ce, "norm": norm})
 
         (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return grads, {**new_stats, "extra": batch_stats.get("extra", {})}, dict(metrics, loss=loss)
+        return grads, {**new_stats, "extra": extra_stats}, dict(metrics, loss=loss)
 
     return grads_fn
