@@ -96,7 +96,17 @@ class Model:
 
     # ------------------------------------------------------------------ pure functions
     def init(self, rng: jax.Array) -> dict:
-        """Returns variables ``{"params": {"encoder", "head"}, "batch_stats"}``."""
+        """Returns variables ``{"params": {"encoder", "head"}, "batch_stats"}``.
+
+        Jitted once per model (eagerly, Flax's init dispatches and compiles a few hundred small
+        ops: seconds of compile time on a CPU for every new model)."""
+        init = self.__dict__.get("_jit_init")
+        if init is None:
+            init = jax.jit(self._init)
+            object.__setattr__(self, "_jit_init", init)  # a cache, not a field: eq/hash ignore it
+        return init(rng)
+
+    def _init(self, rng: jax.Array) -> dict:
         k_enc, k_head = jax.random.split(rng)
         x = jnp.zeros((2,) + tuple(self.input_shape), jnp.float32)
         enc_vars = self.encoder.init(k_enc, self._frames(x), train=False)
