@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from ucmkd_jax.data.base import ModalityData, Split
-from ucmkd_jax.data.regimes import distillation_pools, subsample
+from ucmkd_jax.data.regimes import (REGIMES, distillation_pools, pool_indices, protocol_indices, subsample,
+                                    subsample_indices)
 
 
 def _paired(n_per_class=(20, 10, 30), seed=0):
@@ -76,3 +77,50 @@ def test_paired_regime_needs_a_paired_dataset_and_unknown_regimes_are_named():
         distillation_pools(t.train, s.train, "paired", 0, paired=False)
     with pytest.raises(ValueError, match="unknown unpaired regime 'extreme'"):
         distillation_pools(t.train, s.train, "extreme", 0, paired=True)
+
+
+def _unpaired(seed=0):
+    """Two separate collections (60 and 45 samples); x encodes the sample's index."""
+    rng = np.random.default_rng(seed)
+    yt, ys = rng.integers(0, 3, 45), rng.integers(0, 3, 60)
+    t = Split(np.arange(45, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32), yt)
+    s = Split(np.arange(60, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32), ys)
+    return ModalityData("audio", t, t, None), ModalityData("video", s, s, None)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_index_functions_make_the_in_memory_choices(paired, ratio):
+    """The streaming path's index functions pick exactly the samples the in-memory path keeps
+    (x encodes the index; noise=0 so the hard regime's teacher inputs still show it)."""
+    t, s = _paired() if paired else _unpaired()
+    for seed in (0, 3):
+        t_sub, s_sub, _ = subsample(t, s, ratio, seed, paired)
+        ti, si = subsample_indices(t.train.y, s.train.y, ratio, seed, paired)
+        np.testing.assert_array_equal(t_sub.train.x[:, 0], ti)
+        np.testing.assert_array_equal(s_sub.train.x[:, 0, 0], si)
+        for regime in REGIMES if paired else ("easy", "medium", "hard"):
+            tp, sp, info = distillation_pools(t_sub.train, s_sub.train, regime, seed, paired, noise=0.0)
+            got = protocol_indices(t.train.y, s.train.y, ratio=ratio, regime=regime, seed=seed, paired=paired)
+            np.testing.assert_array_equal(tp.x[:, 0], got["teacher_pool"])
+            np.testing.assert_array_equal(sp.x[:, 0, 0], got["student_pool"])
+            np.testing.assert_array_equal(got["teacher_train"], ti)
+            np.testing.assert_array_equal(got["student_train"], si)
+            np.testing.assert_array_equal(tp.y, t.train.y[got["teacher_pool"]])
+            info.pop("noise_std", None)
+            assert {k: v for k, v in got["info"].items() if k in info} == info
+            assert got["info"]["subsample"] == ratio and got["info"]["student_train"] == len(si)
+            # without a teacher the student pool is the whole (subsampled) split, as in memory
+            _, sp0, _ = distillation_pools(None, s_sub.train, regime, seed, paired)
+            t0, s0, _ = pool_indices(None, s_sub.train.y, regime, seed, paired)
+            assert t0 is None and np.array_equal(sp0.x[:, 0, 0], si[s0])
+
+
+def test_index_functions_check_their_inputs():
+    t, s = _paired()
+    with pytest.raises(ValueError, match="subsample ratio"):
+        subsample_indices(t.train.y, s.train.y, 1.5, 0, True)
+    with pytest.raises(ValueError, match="paired regime needs a paired dataset"):
+        pool_indices(t.train.y, s.train.y, "paired", 0, paired=False)
+    with pytest.raises(ValueError, match="two train splits differ"):
+        pool_indices(t.train.y[:-1], s.train.y, "medium", 0, paired=True)

@@ -25,6 +25,12 @@ sees exactly the same pools (``ce`` included: it trains on the student pool too)
     order (1 for the first class, 1/imbalance for the last); the student pool stays balanced.
 The teacher model itself is always pre-trained on its whole (subsampled) train split: the
 regime describes the data seen during distillation.
+
+Index level (what the streaming pipeline ``ucmkd_jax.data.pipeline`` uses, since it never holds
+the inputs): ``subsample_indices``, ``pool_indices`` and their composition ``protocol_indices``
+make the SAME seeded choices as ``subsample`` / ``distillation_pools`` (which are written on
+top of them), from the labels alone. Only the hard regime's noise needs the inputs: the
+in-memory path adds it here, the stream adds it to each teacher clip as it is decoded.
 """
 from __future__ import annotations
 
@@ -34,7 +40,8 @@ import numpy as np
 
 from ucmkd_jax.data.base import ModalityData, Split
 
-__all__ = ["REGIMES", "subsample", "distillation_pools", "stratified_fraction"]
+__all__ = ["REGIMES", "subsample", "distillation_pools", "stratified_fraction", "subsample_indices",
+           "pool_indices", "protocol_indices"]
 
 REGIMES = ("easy", "medium", "hard", "paired")
 
@@ -50,81 +57,171 @@ def stratified_fraction(y: np.ndarray, fraction: float, rng: np.random.Generator
     return np.sort(np.concatenate(keep))
 
 
-def _check_paired(t: Split, s: Split, what: str):
-    if len(t) != len(s) or not np.array_equal(t.y, s.y):
+def _check_paired_labels(y_t: np.ndarray, y_s: np.ndarray, what: str):
+    if len(y_t) != len(y_s) or not np.array_equal(y_t, y_s):
         raise ValueError(f"{what}: the dataset says it is paired but its two train splits differ "
-                         f"({len(t)} vs {len(s)} samples or different labels)")
+                         f"({len(y_t)} vs {len(y_s)} samples or different labels)")
+
+
+def _check_ratio(ratio: float):
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"subsample ratio must be in (0, 1], got {ratio}")
+
+
+def subsample_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, ratio: float, seed: int,
+                      paired: bool) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """(teacher indices or None, student indices): the sorted train positions ``subsample``
+    keeps (all of them for ratio 1). ``y_t`` None: no teacher modality."""
+    _check_ratio(ratio)
+    if ratio == 1.0:
+        return (None if y_t is None else np.arange(len(y_t))), np.arange(len(y_s))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AB]))
+    s_idx = stratified_fraction(np.asarray(y_s), ratio, rng)
+    t_idx = None
+    if y_t is not None:
+        if paired:
+            _check_paired_labels(np.asarray(y_t), np.asarray(y_s), "subsample")
+            t_idx = s_idx
+        else:
+            t_idx = stratified_fraction(np.asarray(y_t), ratio, rng)
+    return t_idx, s_idx
 
 
 def subsample(teacher: Optional[ModalityData], student: ModalityData, ratio: float, seed: int,
               paired: bool) -> Tuple[Optional[ModalityData], ModalityData, dict]:
     """(teacher, student, info) with a stratified ``ratio`` of each train split kept."""
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"subsample ratio must be in (0, 1], got {ratio}")
+    _check_ratio(ratio)
     info = {"subsample": ratio, "student_train": len(student.train)}
     if teacher is not None:
         info["teacher_train"] = len(teacher.train)
     if ratio == 1.0:
         return teacher, student, info
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AB]))
 
     def cut(mod: ModalityData, idx) -> ModalityData:
         return ModalityData(mod.modality, mod.train.subset(idx), mod.val, mod.test)
 
-    s_idx = stratified_fraction(student.train.y, ratio, rng)
+    if teacher is not None and paired:
+        _check_paired(teacher.train, student.train, "subsample")
+    t_idx, s_idx = subsample_indices(None if teacher is None else teacher.train.y, student.train.y, ratio,
+                                     seed, paired)
     if teacher is not None:
-        if paired:
-            _check_paired(teacher.train, student.train, "subsample")
-            t_idx = s_idx
-        else:
-            t_idx = stratified_fraction(teacher.train.y, ratio, rng)
         teacher = cut(teacher, t_idx)
         info["teacher_train"] = len(t_idx)
     info["student_train"] = len(s_idx)
     return teacher, cut(student, s_idx), info
 
 
-def distillation_pools(t_train: Optional[Split], s_train: Split, regime: str, seed: int, paired: bool,
-                       noise: float = 0.5, imbalance: float = 10.0) -> Tuple[Optional[Split], Split, dict]:
-    """(teacher-stream pool, student pool, info) for ``regime`` (see the module docstring).
-    ``t_train`` may be None (no method of the run uses the teacher)."""
+def _check_regime(regime: str, paired: bool):
     if regime not in REGIMES:
         raise ValueError(f"unknown unpaired regime {regime!r}; expected one of {', '.join(REGIMES)}")
-    info = {"unpaired": regime, "notes": []}
-    if regime == "paired":
-        if not paired:
-            raise ValueError("the paired regime needs a paired dataset (the same clips in both modalities)")
-        if t_train is not None:
-            _check_paired(t_train, s_train, "paired regime")
-    if regime in ("paired", "easy") or t_train is None:
-        return t_train, s_train, _sizes(info, t_train, s_train)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD15]))
+    if regime == "paired" and not paired:
+        raise ValueError("the paired regime needs a paired dataset (the same clips in both modalities)")
+
+
+def _pool_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, regime: str, rng: np.random.Generator,
+                  paired: bool, imbalance: float, info: dict) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """The choices of ``distillation_pools`` for medium/hard, drawn from ``rng`` (whose state
+    the in-memory path goes on using for the noise)."""
+    s_idx, t_idx = np.arange(len(y_s)), np.arange(len(y_t))
     if paired:
-        _check_paired(t_train, s_train, f"{regime} regime")
-        s_idx = stratified_fraction(s_train.y, 0.5, rng)
-        t_idx = np.setdiff1d(np.arange(len(s_train)), s_idx)
-        s_train, t_train = s_train.subset(s_idx), t_train.subset(t_idx)
+        _check_paired_labels(y_t, y_s, f"{regime} regime")
+        s_idx = stratified_fraction(y_s, 0.5, rng)
+        t_idx = np.setdiff1d(np.arange(len(y_s)), s_idx)
     else:
         info["notes"].append("the two modalities are separate collections: their pools are already disjoint")
     if regime == "hard":
-        classes = np.unique(t_train.y)
+        y_pool = y_t[t_idx]
+        classes = np.unique(y_pool)
         order = rng.permutation(classes)
         k = len(classes)
         keep_frac = {int(c): imbalance ** (-(r / (k - 1) if k > 1 else 0.0)) for r, c in enumerate(order)}
         keep = []
         for c in classes:
-            idx = np.flatnonzero(t_train.y == c)
+            idx = np.flatnonzero(y_pool == c)
             n = max(1, int(round(keep_frac[int(c)] * len(idx))))
             keep.append(rng.choice(idx, size=n, replace=False))
-        t_train = t_train.subset(np.sort(np.concatenate(keep)))
+        t_idx = t_idx[np.sort(np.concatenate(keep))]
+        info["teacher_class_counts"] = {int(c): int(np.sum(y_t[t_idx] == c)) for c in classes}
+        info["imbalance"] = imbalance
+    return t_idx, s_idx
+
+
+def pool_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, regime: str, seed: int, paired: bool,
+                 imbalance: float = 10.0) -> Tuple[Optional[np.ndarray], np.ndarray, dict]:
+    """(teacher-stream pool indices or None, student pool indices, info): the sorted positions
+    in the two (already subsampled) train splits that ``distillation_pools`` keeps for
+    ``regime``, with the same seed and the same choices. The hard regime's noise is not applied
+    here (it needs the inputs): ``info`` then has no ``noise_std``; scale ``noise`` by the
+    pool's input std where the inputs are decoded (``ucmkd_jax.data.pipeline``)."""
+    _check_regime(regime, paired)
+    y_s = np.asarray(y_s)
+    info = {"unpaired": regime, "notes": []}
+    if regime == "paired" and y_t is not None:
+        _check_paired_labels(np.asarray(y_t), y_s, "paired regime")
+    if regime in ("paired", "easy") or y_t is None:
+        t_idx = None if y_t is None else np.arange(len(y_t))
+        return t_idx, np.arange(len(y_s)), _counts(info, t_idx, len(y_s))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD15]))
+    t_idx, s_idx = _pool_indices(np.asarray(y_t), y_s, regime, rng, paired, imbalance, info)
+    return t_idx, s_idx, _counts(info, t_idx, len(s_idx))
+
+
+def protocol_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, *, ratio: float, regime: str, seed: int,
+                     paired: bool, imbalance: float = 10.0) -> dict:
+    """``subsample_indices`` then ``pool_indices`` on the kept samples, as
+    ``ucmkd_jax.experiment.run_experiment`` applies them per seed, in positions of the WHOLE
+    train splits. Returns {"teacher_train": the teacher's pre-training split, "student_train",
+    "teacher_pool": the teacher stream of distillation, "student_pool", "info": the subsample
+    and pool info merged}; teacher entries are None when ``y_t`` is None."""
+    y_s = np.asarray(y_s)
+    y_t = None if y_t is None else np.asarray(y_t)
+    t_sub, s_sub = subsample_indices(y_t, y_s, ratio, seed, paired)
+    t_pool, s_pool, info = pool_indices(None if y_t is None else y_t[t_sub], y_s[s_sub], regime, seed, paired,
+                                        imbalance)
+    info = dict(info, subsample=ratio, student_train=len(s_sub),
+                teacher_train=None if t_sub is None else len(t_sub))
+    return {"teacher_train": t_sub, "student_train": s_sub,
+            "teacher_pool": None if t_sub is None else t_sub[t_pool], "student_pool": s_sub[s_pool],
+            "info": info}
+
+
+def _check_paired(t: Split, s: Split, what: str):
+    if len(t) != len(s) or not np.array_equal(t.y, s.y):
+        raise ValueError(f"{what}: the dataset says it is paired but its two train splits differ "
+                         f"({len(t)} vs {len(s)} samples or different labels)")
+
+
+def distillation_pools(t_train: Optional[Split], s_train: Split, regime: str, seed: int, paired: bool,
+                       noise: float = 0.5, imbalance: float = 10.0) -> Tuple[Optional[Split], Split, dict]:
+    """(teacher-stream pool, student pool, info) for ``regime`` (see the module docstring).
+    ``t_train`` may be None (no method of the run uses the teacher)."""
+    _check_regime(regime, paired)
+    info = {"unpaired": regime, "notes": []}
+    if regime == "paired" and t_train is not None:
+        _check_paired(t_train, s_train, "paired regime")
+    if regime in ("paired", "easy") or t_train is None:
+        return t_train, s_train, _sizes(info, t_train, s_train)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD15]))
+    if paired:
+        _check_paired(t_train, s_train, f"{regime} regime")
+    t_idx, s_idx = _pool_indices(np.asarray(t_train.y), np.asarray(s_train.y), regime, rng, paired, imbalance, info)
+    if paired:
+        s_train = s_train.subset(s_idx)
+    if paired or regime == "hard":
+        t_train = t_train.subset(t_idx)
+    if regime == "hard":
         x = t_train.x.astype(np.float32)
         std = float(np.std(x))
         x = x + rng.normal(0.0, noise * std, size=x.shape).astype(np.float32)
         t_train = Split(x, t_train.y)
-        info["teacher_class_counts"] = {int(c): int(np.sum(t_train.y == c)) for c in classes}
         info["noise_std"] = noise * std
-        info["imbalance"] = imbalance
     return t_train, s_train, _sizes(info, t_train, s_train)
+
+
+def _counts(info: dict, t_idx: Optional[np.ndarray], n_s: int) -> dict:
+    info["student_pool"] = n_s
+    info["teacher_pool"] = None if t_idx is None else len(t_idx)
+    return info
 
 
 def _sizes(info: dict, t: Optional[Split], s: Split) -> dict:
