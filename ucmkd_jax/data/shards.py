@@ -14,6 +14,10 @@ time order — a fixed choice, since the arrays are built once; the protocol's f
 epoch (and the random flip) needs the streaming pipeline. ``train_frames="middle"`` uses the
 middle T for train as well. Clips with fewer than T frames repeat their last frame.
 
+Training from the shards without holding train in memory (fresh frames and flips every epoch):
+``ucmkd_jax.data.pipeline.ShardStream``, with ``load_shards(..., splits=("val", "test"))`` for
+evaluation.
+
 Memory: float32 arrays are large — CREMA-D (7442 clips) is ~7.7 GB of audio plus ~9 GB of video
 at 224 x 224 x 2 frames; ``split_fraction`` keeps a seeded random fraction of every split.
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -44,6 +48,10 @@ def _import_tf():
         import tensorflow_datasets as tfds
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"reading prepared shards needs TensorFlow and TFDS: pip install -e '.[data]' ({e})") from e
+    try:  # the input pipeline runs on the host: keep TensorFlow off the accelerators JAX uses
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # pragma: no cover - TensorFlow's devices were initialised already
+        pass
     return tf, tfds
 
 
@@ -102,28 +110,37 @@ def _frame_positions(tf, n, frames: int, mode: str, seed: int, i):
     return tf.minimum(pos, n - 1)
 
 
-def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, frames: int, mode: str,
-                   seed: int, batch_size: int):
+def _decode_frame(tf, jpeg, image_size: int):
+    """One JPEG frame -> (S, S, 3) float32: shorter side resized (bilinear, antialiased) to
+    round(S * 256 / 224), centre crop S x S, ImageNet normalisation. A frame whose shorter side
+    has that size already (stored at 256, S = 224) skips the resize: at scale 1 it is the
+    identity, and it costs five JPEG decodes."""
     resize_to = int(round(image_size * 256 / 224))
     mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
     std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
+    img = tf.io.decode_jpeg(jpeg, channels=3)
+    shape = tf.shape(img)[:2]
+    hw = tf.cast(shape, tf.float32)
+    scale = resize_to / tf.reduce_min(hw)
+    new_hw = tf.cast(tf.round(hw * scale), tf.int32)
+    top = (new_hw[0] - image_size) // 2
+    left = (new_hw[1] - image_size) // 2
 
-    def one_frame(jpeg):
-        img = tf.io.decode_jpeg(jpeg, channels=3)
-        hw = tf.cast(tf.shape(img)[:2], tf.float32)
-        scale = resize_to / tf.reduce_min(hw)
-        new_hw = tf.cast(tf.round(hw * scale), tf.int32)
-        img = tf.image.resize(img, new_hw, method="bilinear", antialias=True)
-        top = (new_hw[0] - image_size) // 2
-        left = (new_hw[1] - image_size) // 2
-        img = img[top:top + image_size, left:left + image_size, :]
-        img = tf.ensure_shape(img, (image_size, image_size, 3))
-        return (img - mean) / std
+    def crop(x):
+        return tf.cast(x[top:top + image_size, left:left + image_size, :], tf.float32)
 
+    img = tf.cond(tf.reduce_min(shape) == resize_to, lambda: crop(img),
+                  lambda: crop(tf.image.resize(img, new_hw, method="bilinear", antialias=True)))
+    img = tf.ensure_shape(img, (image_size, image_size, 3))
+    return (img - mean) / std
+
+
+def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, frames: int, mode: str,
+                   seed: int, batch_size: int):
     def convert(i, ex):
         n = tf.shape(ex["frames"])[0]
         pos = _frame_positions(tf, n, frames, mode, seed, i)
-        video = tf.stack([one_frame(ex["frames"][pos[t]]) for t in range(frames)])
+        video = tf.stack([_decode_frame(tf, ex["frames"][pos[t]], image_size) for t in range(frames)])
         audio = tf.cast(ex["spectrogram"], tf.float32)[..., None]
         return audio, video, tf.cast(ex["label"], tf.int32)
 
@@ -139,7 +156,7 @@ def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, fram
 def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Optional[str] = None,
                 version: Optional[str] = None, image_size: int = 224, frames: int = 2,
                 split_fraction: Optional[float] = None, train_frames: str = "random", seed: int = 0,
-                batch_size: int = 64) -> CrossModalDataset:
+                batch_size: int = 64, splits: Sequence[str] = _SPLITS) -> CrossModalDataset:
     """Read ``<data_dir>/<dataset>/<config>/<version>`` into a ``CrossModalDataset``.
 
     Args:
@@ -152,10 +169,16 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
       train_frames: "random" (a fixed seeded draw per clip) or "middle".
       seed: seed of the train frame draw and of ``split_fraction``.
       batch_size: decode batch size (memory / speed only).
+      splits: the splits to read; the others are None in the result (e.g. ("val", "test") when
+        training streams from the shards with ``ucmkd_jax.data.pipeline.ShardStream``; then
+        ``ModalityData.sample_shape``, which looks at train, is not available: use the stream's).
 
     Returns:
       CrossModalDataset(name=dataset, modalities {"audio", "video"}, paired=True, class_names).
     """
+    splits = tuple(splits)
+    if not splits or any(s not in _SPLITS for s in splits):
+        raise ValueError(f"splits must be a non-empty subset of {_SPLITS}, got {splits}")
     if train_frames not in ("random", "middle"):
         raise ValueError(f"train_frames must be 'random' or 'middle', got {train_frames!r}")
     if split_fraction is not None and not 0 < split_fraction <= 1:
@@ -166,6 +189,8 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
     class_names = list(builder.info.features["label"].names)
     parts = {}
     for s_i, split in enumerate(_SPLITS):
+        if split not in splits:
+            continue
         if split not in builder.info.splits:
             raise ValueError(f"{path}: no {split!r} split (has {sorted(builder.info.splits)})")
         n = int(builder.info.splits[split].num_examples)
@@ -193,8 +218,8 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
             raise ValueError(f"{path}: split {split!r} yielded {at} examples, dataset_info says {n}")
         parts[split] = (x_a, x_v, y)
     mods = {
-        "audio": ModalityData("audio", *(Split(parts[s][0], parts[s][2]) for s in _SPLITS)),
-        "video": ModalityData("video", *(Split(parts[s][1], parts[s][2]) for s in _SPLITS)),
+        "audio": ModalityData("audio", *(Split(parts[s][0], parts[s][2]) if s in parts else None for s in _SPLITS)),
+        "video": ModalityData("video", *(Split(parts[s][1], parts[s][2]) if s in parts else None for s in _SPLITS)),
     }
     out = CrossModalDataset(name=dataset, num_classes=len(class_names), modalities=mods, paired=True,
                             class_names=class_names)
