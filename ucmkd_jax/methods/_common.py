@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ucmkd_jax.losses.classification import cross_entropy
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.models.resnet import ResNetEncoder
 from ucmkd_jax.precision import at_least_f32
@@ -176,3 +177,33 @@ def masked_kl(target_logits, logits, mask) -> jax.Array:
     t = jnp.where(mask, MASK_VALUE, at_least_f32(target_logits))
     s = jnp.where(mask, MASK_VALUE, at_least_f32(logits))
     return kl_from_logits(t, s)
+
+
+def warmup_logit_kd_grads(student: Model, teacher: Model, ce_weight: float, warmup_steps: int, kd_fn):
+    """The step of a paired logit-distillation method with a linearly warmed-up KD weight
+    (DKD, RLD): loss = ce_weight * CE + w(t) * kd, w(t) = min((t + 1) / warmup_steps, 1), with the
+    step counter t in ``batch_stats["extra"]["step"]`` (``counter_extra``).
+
+    kd_fn(student_logits, teacher_logits, labels) -> (kd scalar, metrics dict, extra metrics
+    that need no gradient, e.g. {"teacher_wrong": ...}). Returns a ``grads_fn``."""
+
+    def grads_fn(params, batch_stats, teacher_variables, batch, lr):
+        del lr
+        stats, extra = split_extra(batch_stats)
+        t_logits, _, _ = teacher.apply(teacher_variables, batch["x_t"], train=False)
+        t_logits = jax.lax.stop_gradient(t_logits)
+        w = warmup_weight(extra["step"], warmup_steps)
+        y = batch["y_s"]
+
+        def loss_fn(p):
+            z, new_stats = student.encode(p["encoder"], stats, batch["x_s"], train=True)
+            logits = student.classify(p["head"], z)
+            ce = cross_entropy(logits, y)
+            kd, metrics = kd_fn(logits, t_logits, y)
+            return ce_weight * ce + w * kd, (new_stats, dict(metrics, ce=ce, kd=kd))
+
+        (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        new_stats = {**new_stats, "extra": {"step": extra["step"] + 1}}
+        return grads, new_stats, dict(metrics, loss=loss, kd_weight=w)
+
+    return grads_fn

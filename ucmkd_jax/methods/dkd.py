@@ -25,9 +25,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ucmkd_jax.losses.classification import cross_entropy
-from ucmkd_jax.methods._common import (binary_kl, binary_log_probs, check_teacher, counter_extra, masked_kl,
-                                       options, split_extra, warmup_weight)
+from ucmkd_jax.methods._common import (binary_kl, binary_log_probs, check_teacher, counter_extra, masked_kl, options,
+                                       warmup_logit_kd_grads)
 from ucmkd_jax.methods.base import MethodConfig, register
 from ucmkd_jax.models.model import Model
 
@@ -75,26 +74,10 @@ def build_dkd(student: Model, teacher: Model, config: MethodConfig):
     check_teacher("dkd", student, teacher)
     opts: DKDConfig = options(config, "dkd", DKDConfig())
 
-    def grads_fn(params, batch_stats, teacher_variables, batch, lr):
-        del lr
-        stats, extra = split_extra(batch_stats)
-        t_logits, _, _ = teacher.apply(teacher_variables, batch["x_t"], train=False)
-        t_logits = jax.lax.stop_gradient(t_logits)
-        w = warmup_weight(extra["step"], opts.warmup_steps)
-        y = batch["y_s"]
+    t2 = opts.temperature**2
 
-        def loss_fn(p):
-            z, new_stats = student.encode(p["encoder"], stats, batch["x_s"], train=True)
-            logits = student.classify(p["head"], z)
-            ce = cross_entropy(logits, y)
-            tckd, nckd, _ = dkd_terms(logits, t_logits, y, opts.temperature)
-            t2 = opts.temperature**2
-            kd = t2 * jnp.mean(opts.alpha * tckd + opts.beta * nckd)
-            loss = opts.ce_weight * ce + w * kd
-            return loss, (new_stats, {"ce": ce, "kd": kd, "tckd": t2 * tckd.mean(), "nckd": t2 * nckd.mean()})
+    def kd_fn(logits, t_logits, y):
+        tckd, nckd, _ = dkd_terms(logits, t_logits, y, opts.temperature)
+        return t2 * jnp.mean(opts.alpha * tckd + opts.beta * nckd), {"tckd": t2 * tckd.mean(), "nckd": t2 * nckd.mean()}
 
-        (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        new_stats = {**new_stats, "extra": {"step": extra["step"] + 1}}
-        return grads, new_stats, dict(metrics, loss=loss, kd_weight=w)
-
-    return grads_fn
+    return warmup_logit_kd_grads(student, teacher, opts.ce_weight, opts.warmup_steps, kd_fn)

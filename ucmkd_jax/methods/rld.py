@@ -30,9 +30,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ucmkd_jax.losses.classification import cross_entropy
-from ucmkd_jax.methods._common import (binary_kl, binary_log_probs, check_teacher, counter_extra, masked_kl,
-                                       options, split_extra, warmup_weight)
+from ucmkd_jax.methods._common import (binary_kl, binary_log_probs, check_teacher, counter_extra, masked_kl, options,
+                                       warmup_logit_kd_grads)
 from ucmkd_jax.methods.base import MethodConfig, register
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.precision import at_least_f32
@@ -80,26 +79,10 @@ def build_rld(student: Model, teacher: Model, config: MethodConfig):
     check_teacher("rld", student, teacher)
     opts: RLDConfig = options(config, "rld", RLDConfig())
 
-    def grads_fn(params, batch_stats, teacher_variables, batch, lr):
-        del lr
-        stats, extra = split_extra(batch_stats)
-        t_logits, _, _ = teacher.apply(teacher_variables, batch["x_t"], train=False)
-        t_logits = jax.lax.stop_gradient(t_logits)
-        w = warmup_weight(extra["step"], opts.warmup_steps)
-        y = batch["y_s"]
+    def kd_fn(logits, t_logits, y):
+        scd, mcd = rld_terms(logits, t_logits, y, opts.temperature, opts.alpha_temperature)
+        return jnp.mean(opts.alpha * scd + opts.beta * mcd), {
+            "scd": scd.mean(), "mcd": mcd.mean(),
+            "teacher_wrong": jnp.mean(jnp.argmax(t_logits, -1) != y).astype(jnp.float32)}
 
-        def loss_fn(p):
-            z, new_stats = student.encode(p["encoder"], stats, batch["x_s"], train=True)
-            logits = student.classify(p["head"], z)
-            ce = cross_entropy(logits, y)
-            scd, mcd = rld_terms(logits, t_logits, y, opts.temperature, opts.alpha_temperature)
-            kd = jnp.mean(opts.alpha * scd + opts.beta * mcd)
-            loss = opts.ce_weight * ce + w * kd
-            return loss, (new_stats, {"ce": ce, "kd": kd, "scd": scd.mean(), "mcd": mcd.mean()})
-
-        (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        new_stats = {**new_stats, "extra": {"step": extra["step"] + 1}}
-        return grads, new_stats, dict(metrics, loss=loss, kd_weight=w,
-                                      teacher_wrong=jnp.mean(jnp.argmax(t_logits, -1) != y).astype(jnp.float32))
-
-    return grads_fn
+    return warmup_logit_kd_grads(student, teacher, opts.ce_weight, opts.warmup_steps, kd_fn)
