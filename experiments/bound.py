@@ -258,7 +258,9 @@ def main(argv=None, dataset=None):
     progress = not run_args.no_progress
     compiled = {}
     if any((d, m, s) not in done for d in directions for m in cfg.methods for s in seeds):
-        dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        # in memory (no streaming): the bound's pools and test features are arrays
+        dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir,
+                                                                   image_size=cfg.image_size)
         check_methods(cfg, dataset.paired, dataset.name)
     for direction in directions:
         if all((direction, m, s) in done for m in cfg.methods for s in seeds):

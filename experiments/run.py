@@ -60,6 +60,10 @@ def parse_args(argv=None):
       help="distillation regime (Appendix G): easy = independent teacher stream (default), medium = disjoint "
            "pools, hard = disjoint + teacher-side noise and label imbalance, paired = partner batches")
     a("--subsample", type=float, default=None, help="fraction of the train splits kept, e.g. 0.5 (Tables 3-5)")
+    a("--stream", default=None, action=argparse.BooleanOptionalAction,
+      help="real datasets: stream train batches from the shards with fresh random frames and flips every "
+           "epoch (default), or --no-stream: load them into memory once")
+    a("--image-size", type=int, default=None, help="video crop side (224 in the protocol)")
     a("--epochs", type=int, default=None)
     a("--teacher-epochs", type=int, default=None)
     a("--batch-size", type=int, default=None)
@@ -111,7 +115,8 @@ def resolve_config(args):
     rep = dataclasses.replace
     top = {k: v for k, v in dict(data_dir=args.data_dir, direction=args.direction, seeds=args.seeds,
                                  first_seed=args.first_seed, unpaired=args.unpaired,
-                                 subsample=args.subsample).items() if v is not None}
+                                 subsample=args.subsample, streaming=args.stream,
+                                 image_size=args.image_size).items() if v is not None}
     if args.methods:
         top["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     train = {k: v for k, v in dict(epochs=args.epochs, teacher_epochs=args.teacher_epochs,
@@ -173,6 +178,8 @@ def main(argv=None):
     args = parse_args(argv)
     maybe_initialize_distributed()  # a SLURM / TPU-pod job: one process per host
     cfg = resolve_config(args)
+    if (args.stream or args.image_size) and cfg.dataset in ("synthetic", "arrays"):
+        sys.exit(f"error: --stream and --image-size apply to prepared real datasets, not --dataset {cfg.dataset}")
     arrays = arrays_setup(args, cfg) if cfg.dataset == "arrays" else None  # bad input stops here
     out = args.out or os.path.join("runs", cfg.dataset)
     os.makedirs(os.path.join(out, "history"), exist_ok=True)

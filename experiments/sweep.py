@@ -230,7 +230,7 @@ def main(argv=None, dataset=None):
     print(f"sweep of {method}: {len(args.lambdas_fa)} x {len(args.lambdas_la)} cells, "
           f"{len(directions)} direction(s), {cfg.seeds} seed(s); {len(todo)} cell(s) to run -> {out}")
     if todo and dataset is None:
-        dataset = load_dataset(cfg.dataset, cfg.data_dir)
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming, image_size=cfg.image_size)
     for k, (a, b) in enumerate(todo):
         key = cell_key(a, b)
         print(f"[{k + 1}/{len(todo)}] lambda_FA={a:g}, lambda_LA={b:g}")

@@ -58,6 +58,9 @@ class ExperimentConfig:
       "hard" (disjoint pools + teacher-side noise and label imbalance; ``regime_noise``,
       ``regime_imbalance``) or "paired" (partner batches: vanilla_kd and the paired table).
     subsample: fraction of each train split kept (Tables 3-5); validation and test stay whole.
+    streaming: real datasets only: train batches stream from the shards (``data.pipeline``: fresh
+      random frames and flips every epoch, as the protocol) instead of arrays loaded once.
+    image_size: video crop side (224 in the protocol).
     Model selection always uses the validation split; test is reported apart.
     """
 
@@ -71,6 +74,8 @@ class ExperimentConfig:
     subsample: float = 1.0
     regime_noise: float = 0.5
     regime_imbalance: float = 10.0
+    streaming: bool = False
+    image_size: int = 224
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
@@ -99,10 +104,10 @@ PRESETS = {
         model=ModelConfig(width=8, stem="imagenet"),
         train=TrainConfig(epochs=12, teacher_epochs=12, batch_size=64),
         optim=OptimConfig(warmup_epochs=1.0)),
-    "crema_d": _TABLE12,
-    "ravdess": _TABLE12,
-    "ave": _TABLE12,
-    "vggsound": _TABLE12,
+    "crema_d": dataclasses.replace(_TABLE12, streaming=True),
+    "ravdess": dataclasses.replace(_TABLE12, streaming=True),
+    "ave": dataclasses.replace(_TABLE12, streaming=True),
+    "vggsound": dataclasses.replace(_TABLE12, streaming=True),
 }
 
 

@@ -198,9 +198,16 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
         are several and ``cfg.train.data_parallel``).
     Returns the new records.
     """
-    dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir)
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming,
+                                                               image_size=cfg.image_size)
     check_methods(cfg, dataset.paired, dataset.name)
     dataset.validate()
+    # train splits not in memory: they stream from the shards (fresh frames and flips per epoch)
+    streaming = models is None and any(m.train is None for m in dataset.modalities.values())
+    labels = None
+    if streaming:
+        from ucmkd_jax.data.pipeline import protocol_streams, train_labels  # imports TensorFlow lazily
+        labels = train_labels(cfg.dataset, cfg.data_dir)
     if mesh == "auto":
         mesh = data_mesh() if (cfg.train.data_parallel and jax.device_count() > 1) else None
     done = set(done)
@@ -216,7 +223,15 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
             todo = [m for m in cfg.methods if (direction, m, seed) not in done]
             if not todo:
                 continue
-            t_seed, s_seed, sub_info = subsample(t_data, s_data, cfg.subsample, seed, dataset.paired)
+            if streaming:
+                t_stream, s_stream, _ = protocol_streams(
+                    cfg.dataset, cfg.data_dir, direction, seed=seed, regime=cfg.unpaired, subsample=cfg.subsample,
+                    noise=cfg.regime_noise, imbalance=cfg.regime_imbalance, labels=labels,
+                    image_size=cfg.image_size)
+                t_seed = ModalityData(t_data.modality, t_stream, t_data.val, t_data.test)
+                s_seed = ModalityData(s_data.modality, s_stream, s_data.val, s_data.test)
+            else:
+                t_seed, s_seed, _ = subsample(t_data, s_data, cfg.subsample, seed, dataset.paired)
             t_vars, t_info = None, {}
             if any(get_method(m).uses_teacher for m in todo) or models is None:
                 root = teacher_cache or (os.path.join(out_dir, "teachers") if out_dir else None)
@@ -224,14 +239,19 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
                 t_vars, t_info = pretrain_teacher(cfg, teacher, t_seed, seed, cache, progress,
                                                   desc=f"teacher {t_data.modality} seed {seed}", compiled=compiled,
                                                   mesh=mesh)
-            t_pool, s_pool, pool_info = distillation_pools(
-                t_seed.train if t_vars is not None else None, s_seed.train, cfg.unpaired, seed, dataset.paired,
-                noise=cfg.regime_noise, imbalance=cfg.regime_imbalance)
-            s_run = ModalityData(s_seed.modality, s_pool, s_seed.val, s_seed.test)
+            if streaming:  # the student stream carries the teacher pool's stream
+                t_pool, s_run = None, s_seed
+                extra = {"teacher_pool": len(s_stream.teacher_indices), "streaming": True}
+            else:
+                t_pool, s_pool, _ = distillation_pools(
+                    t_seed.train if t_vars is not None else None, s_seed.train, cfg.unpaired, seed, dataset.paired,
+                    noise=cfg.regime_noise, imbalance=cfg.regime_imbalance)
+                s_run, extra = ModalityData(s_seed.modality, s_pool, s_seed.val, s_seed.test), {}
             for method in todo:
                 record, result, ckpt = train_student(
                     cfg, dataset.name, direction, method, seed, student, s_run, teacher, t_vars, t_pool, t_info,
-                    compiled=compiled, progress=progress, run_dir=out_dir, mesh=mesh)
+                    compiled=compiled, progress=progress, run_dir=out_dir, mesh=mesh,
+                    extra=extra if get_method(method).uses_teacher else {})
                 records.append(record)
                 if on_record is not None:
                     on_record(record, result.history)

@@ -286,3 +286,20 @@ def test_frames_stored_at_the_resize_size_skip_an_identity_resize():
     full = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3), (256, 300), method="bilinear", antialias=True)
     want = (full.numpy()[16:240, 38:262] - MEAN * 255) / (STD * 255)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_run_cli_streams_a_real_dataset_end_to_end(data_dir, tmp_path):
+    """experiments/run.py --dataset crema_d: teacher pre-training and students train from the
+    streams (val/test in memory), with the regime and subsample applied to the pools."""
+    from experiments import run
+
+    out = tmp_path / "run"
+    records = run.main(["--dataset", "crema_d", "--data-dir", str(data_dir), "--image-size", str(S), "--width", "2",
+                        "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "4",
+                        "--methods", "ce,feature_kd", "--unpaired", "medium", "--no-progress", "--out", str(out)])
+    ce, fkd = records
+    # 16 train clips, labels i % 6: medium halves each class (3,3,3,3,2,2 -> 2,2,2,2,1,1 for the student)
+    assert ce["student_train"] == fkd["student_train"] == 10 and fkd["teacher_pool"] == 6
+    assert fkd["streaming"] is True and fkd["unpaired"] == "medium"
+    assert ce["epochs"] == 1 and 0.0 <= fkd["test_acc"] <= 1.0
+    assert (out / "results.md").exists()

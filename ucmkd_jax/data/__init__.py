@@ -12,9 +12,12 @@ SHARD_DATASETS = ("crema_d", "ravdess", "ave", "vggsound")
 DATASETS = ("synthetic",) + SHARD_DATASETS
 
 
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> CrossModalDataset:
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, *, streaming: bool = False,
+                 image_size: int = 224) -> CrossModalDataset:
     """``synthetic`` is generated in memory from ``seed``; the others are read from TFRecord
-    shards written by ``data_prep/prepare.py`` under ``data_dir``."""
+    shards written by ``data_prep/prepare.py`` under ``data_dir``: all splits in memory, or with
+    ``streaming`` only val and test (train then streams from the shards:
+    ``ucmkd_jax.data.pipeline``, which ``run_experiment`` uses when train is None)."""
     if name == "synthetic":
         return make_synthetic(seed)
     if name in SHARD_DATASETS:
@@ -25,5 +28,6 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Cross
             from ucmkd_jax.data.shards import load_shards  # imports tensorflow lazily
         except ImportError as e:
             raise ImportError(f"reading {name} shards needs the data extra: pip install -e '.[data]' ({e})") from e
-        return load_shards(name, data_dir)
+        return load_shards(name, data_dir, image_size=image_size,
+                           splits=("val", "test") if streaming else ("train", "val", "test"))
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

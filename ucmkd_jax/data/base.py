@@ -34,7 +34,8 @@ class Split:
 
 @dataclasses.dataclass
 class ModalityData:
-    """One modality: its kind ("audio", "video", "image", "vector") and its splits."""
+    """One modality: its kind ("audio", "video", "image", "vector") and its splits. ``train`` may
+    be None (a dataset loaded for streaming: only val/test in memory) or a ``TrainStream``."""
 
     modality: str
     train: Split
@@ -43,7 +44,10 @@ class ModalityData:
 
     @property
     def sample_shape(self):
-        return tuple(self.train.x.shape[1:])
+        """Per-sample input shape (from train; from val when train streams from shards and is
+        not held in memory)."""
+        split = self.train if isinstance(self.train, Split) else self.val
+        return tuple(split.x.shape[1:])
 
 
 @dataclasses.dataclass
@@ -58,7 +62,7 @@ class CrossModalDataset:
         for key, mod in self.modalities.items():
             for split_name in ("train", "val", "test"):
                 split = getattr(mod, split_name)
-                if split is not None:
+                if isinstance(split, Split):
                     validate_split(split, self.num_classes, f"{self.name}/{key}/{split_name}")
 
 

@@ -166,6 +166,9 @@ class ShardStream:
         """Student samples per epoch (the student pool)."""
         return int(len(self.student_indices))
 
+    def __len__(self) -> int:
+        return self.num_samples
+
     def steps_per_epoch(self, batch_size: int) -> int:
         if self.num_samples < batch_size:
             raise ValueError(f"the student pool has {self.num_samples} clips, fewer than one batch of "
