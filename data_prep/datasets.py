@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-SPEC_VERSION = "1.0.0"  # version of the stored feature spec (data_prep/builders.py)
+SPEC_VERSION = "1.1.0"  # version of the stored feature spec (data_prep/builders.py)
 CREMA_D_CLASSES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 RAVDESS_CHANNELS = {"speech": "01", "song": "02"}

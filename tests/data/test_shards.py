@@ -11,6 +11,7 @@ try:
     import tensorflow_datasets as tfds
     from PIL import Image
     from data_prep import prepare, testing
+    from data_prep.datasets import SPEC_VERSION
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"tests/data/test_shards.py needs the data extra: pip install -e '.[data]' ({e})") from e
 
@@ -95,5 +96,5 @@ def test_split_fraction_and_errors(prepared, tmp_path):
         shards.load_shards("crema_d", prepared, split_fraction=0)
     # the version directory itself is accepted too
     vdir = shards.find_shard_dir("crema_d", prepared)
-    assert vdir == Path(prepared) / "crema_d" / "speaker" / "1.0.0"
+    assert vdir == Path(prepared) / "crema_d" / "speaker" / SPEC_VERSION
     assert shards.find_shard_dir("crema_d", vdir) == vdir

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from data_prep import clips as clips_lib
 from data_prep import prepare
+from data_prep.datasets import SPEC_VERSION
 
 from data_prep.testing import AVE_CLASSES, CORRUPT_ID
 
@@ -31,7 +32,7 @@ def _shard_bytes(version_dir):
 def crema_d_out(crema_d_raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("crema_d_out")
     rc = _run(crema_d_raw, out, "--dataset", "crema_d")
-    return rc, out / "crema_d" / "speaker" / "1.0.0"
+    return rc, out / "crema_d" / "speaker" / SPEC_VERSION
 
 
 def test_crema_d_end_to_end_shards(crema_d_out):
@@ -98,7 +99,7 @@ def test_missing_raw_dir_and_missing_authors_lists_are_clear_errors(tmp_path, cr
 def test_interrupted_run_resumes_to_byte_identical_shards(crema_d_clean_raw, tmp_path, monkeypatch):
     clean = tmp_path / "clean"
     assert _run(crema_d_clean_raw, clean, "--dataset", "crema_d") == 0
-    expected = _shard_bytes(clean / "crema_d" / "speaker" / "1.0.0")
+    expected = _shard_bytes(clean / "crema_d" / "speaker" / SPEC_VERSION)
     assert len(expected) == 3
 
     resumed = tmp_path / "resumed"
@@ -115,20 +116,20 @@ def test_interrupted_run_resumes_to_byte_identical_shards(crema_d_clean_raw, tmp
     monkeypatch.setattr(clips_lib, "run_task", real)
     cache = resumed / "_cache" / "crema_d" / "speaker"
     assert len(list(cache.glob("*.npz"))) == 3
-    assert not (resumed / "crema_d" / "speaker" / "1.0.0").exists()  # nothing looks complete
+    assert not (resumed / "crema_d" / "speaker" / SPEC_VERSION).exists()  # nothing looks complete
     # a crash while writing shards leaves TFDS's temporary directory: it must not be mistaken
     # for output, and is cleared on the next run
-    stale = resumed / "crema_d" / "speaker" / "incomplete.ABC123_1.0.0"
+    stale = resumed / "crema_d" / "speaker" / f"incomplete.ABC123_{SPEC_VERSION}"
     stale.mkdir(parents=True)
     (stale / "crema_d-train.tfrecord-00000-of-00001").write_bytes(b"partial")
     assert _run(crema_d_clean_raw, resumed, "--dataset", "crema_d", "--workers", "2") == 0
     assert not stale.exists()
-    assert _shard_bytes(resumed / "crema_d" / "speaker" / "1.0.0") == expected
+    assert _shard_bytes(resumed / "crema_d" / "speaker" / SPEC_VERSION) == expected
 
 
 def test_ravdess_end_to_end(ravdess_raw, tmp_path):
     assert _run(ravdess_raw, tmp_path, "--dataset", "ravdess") == 0
-    vdir = tmp_path / "ravdess" / "speech" / "1.0.0"
+    vdir = tmp_path / "ravdess" / "speech" / SPEC_VERSION
     report = json.loads((vdir / "prep_report.json").read_text())
     assert sum(report["written"].values()) == 18 and report["skipped"] == {}
     b, _ = _read(vdir, "train")
@@ -148,7 +149,7 @@ def test_ravdess_end_to_end(ravdess_raw, tmp_path):
 def test_ave_end_to_end_crops_to_the_event(ave_raw, tmp_path):
     rc = _run(ave_raw, tmp_path, "--dataset", "ave", "--max-bad-fraction", "0.9")
     assert rc == 0
-    vdir = tmp_path / "ave" / "official" / "1.0.0"
+    vdir = tmp_path / "ave" / "official" / SPEC_VERSION
     report = json.loads((vdir / "prep_report.json").read_text())
     assert report["written"] == {"train": 3, "val": 1, "test": 2}
     assert set(report["skipped"]) == {"duplicate_row", "in_two_splits", "conflicting_labels",
@@ -163,7 +164,7 @@ def test_ave_end_to_end_crops_to_the_event(ave_raw, tmp_path):
 
 def test_vggsound_end_to_end_with_a_class_subset(vggsound_raw, tmp_path):
     assert _run(vggsound_raw, tmp_path, "--dataset", "vggsound", "--classes", "2", "--max-bad-fraction", "0.5") == 0
-    vdir = tmp_path / "vggsound" / "classes2" / "1.0.0"
+    vdir = tmp_path / "vggsound" / "classes2" / SPEC_VERSION
     report = json.loads((vdir / "prep_report.json").read_text())
     assert report["class_names"] == ["cat meowing", "dog barking"]
     assert report["skipped"]["missing_file"]["ids"] == ["kkkkkkkkkkk_000007"]

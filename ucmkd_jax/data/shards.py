@@ -1,6 +1,6 @@
 """Prepared TFRecord shards (``data_prep/prepare.py``) -> an in-memory ``CrossModalDataset``.
 
-    ds = load_shards("crema_d", "OUT")           # OUT/crema_d/speaker/1.0.0/ written by prepare.py
+    ds = load_shards("crema_d", "OUT")           # OUT/crema_d/speaker/<version>/ written by prepare.py
 
 Modalities (the same clips in the same order in both, so ``paired=True``):
   "audio": x (N, 257, 1004, 1) float32, the standardised log spectrogram (stored as float16).
