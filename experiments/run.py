@@ -67,6 +67,7 @@ def parse_args(argv=None):
     a("--epochs", type=int, default=None)
     a("--teacher-epochs", type=int, default=None)
     a("--batch-size", type=int, default=None)
+    a("--eval-batch-size", type=int, default=None, help="evaluation batch (padded: one compiled shape; default 256)")
     a("--lr", type=float, default=None)
     a("--hypergrad", default=None, choices=["first_order", "unrolled"])
     a("--inner-opt", default=None, choices=["adamw", "sgd"])
@@ -120,7 +121,8 @@ def resolve_config(args):
     if args.methods:
         top["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     train = {k: v for k, v in dict(epochs=args.epochs, teacher_epochs=args.teacher_epochs,
-                                   batch_size=args.batch_size).items() if v is not None}
+                                   batch_size=args.batch_size, eval_batch_size=args.eval_batch_size).items()
+             if v is not None}
     model = {k: v for k, v in dict(backbone=args.backbone, width=args.width, dtype=args.dtype).items() if v is not None}
     method = {k: v for k, v in dict(hypergrad=args.hypergrad, inner_opt=args.inner_opt, la_grad=args.la_grad,
                                     lambda_fa=args.lambda_fa, lambda_la=args.lambda_la, n1=args.n1,

@@ -38,12 +38,16 @@ _CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_ti
 
 @pytest.fixture(scope="module")
 def shared_xla_cache(tmp_path_factory):
-    """XLA's persistent compilation cache in one folder per session (restored afterwards), for
-    modules that compile the same programs through different entry points (CLI and API)."""
+    """XLA's persistent compilation cache in one folder per session, shared by the xdist workers
+    (restored afterwards), for modules that compile the same programs through different entry
+    points (CLI and API)."""
     from jax.experimental.compilation_cache import compilation_cache
 
     old = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.getbasetemp() / "ucmkd_xla_cache"))
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cache for all xdist workers (writes are atomic)
+        base = base.parent
+    jax.config.update("jax_compilation_cache_dir", str(base / "ucmkd_xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     compilation_cache.reset_cache()

@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-METHODS = ("ucmkd", "feature_kd")
+METHODS = ("ucmkd",)  # the OT over the global batch and global BatchNorm: the cases that could differ
 
 
 @pytest.fixture(scope="module")

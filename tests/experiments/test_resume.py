@@ -19,11 +19,14 @@ def _cmd(out):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    # one persistent XLA cache for the three processes: the programs are compiled once
-    cache = tmp_path_factory.mktemp("xla_cache")
-    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+def env(shared_xla_cache):
+    # the session's persistent XLA cache (tests/conftest.py) for this process and the two
+    # subprocesses: the programs are compiled once
+    import jax
+
+    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+                JAX_PLATFORMS="cpu")
 
 
 def _finished_epochs(out):
@@ -34,9 +37,10 @@ def _finished_epochs(out):
 
 
 def test_sigkill_then_rerun_ends_like_an_uninterrupted_run(tmp_path, env):
+    from experiments import run
+
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    ref = subprocess.run(_cmd(whole), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    run.main(ARGS + ["--out", str(whole)])  # the uninterrupted reference, in this process
 
     proc = subprocess.Popen(_cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600
