@@ -207,3 +207,15 @@ def warmup_logit_kd_grads(student: Model, teacher: Model, ce_weight: float, warm
         return grads, new_stats, dict(metrics, loss=loss, kd_weight=w)
 
     return grads_fn
+
+
+def own_optimizer(name: str, default):
+    """The ``optimizer`` hook of a method whose options (``default``'s type) carry
+    ``own_optimizer``, ``extra_lr`` and ``extra_weight_decay``: Adam for its own modules when
+    ``own_optimizer`` is set, the outer optimiser otherwise."""
+
+    def optimizer(tx, config):
+        opts = options(config, name, default)
+        return adam_for_extra(tx, opts.extra_lr, opts.extra_weight_decay) if opts.own_optimizer else tx
+
+    return optimizer

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ucmkd_jax.losses.classification import cross_entropy
-from ucmkd_jax.methods._common import adam_for_extra, check_teacher, options, split_extra
+from ucmkd_jax.methods._common import check_teacher, options, own_optimizer, split_extra
 from ucmkd_jax.methods.base import MethodConfig, register, teacher_features
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.precision import at_least_f32
@@ -73,9 +73,7 @@ def init_norm(key, student, teacher, teacher_variables, config):
     return {"params": {"expand": params}, "batch_stats": {}}
 
 
-def norm_optimizer(tx, config):
-    opts: NORMConfig = options(config, "norm", NORMConfig())
-    return adam_for_extra(tx, opts.extra_lr, opts.extra_weight_decay) if opts.own_optimizer else tx
+norm_optimizer = own_optimizer("norm", NORMConfig())
 
 
 @register("norm", uses_teacher=True, needs_paired=False, init_extra=init_norm, optimizer=norm_optimizer,

@@ -42,8 +42,9 @@ import jax
 import jax.numpy as jnp
 
 from ucmkd_jax.losses.classification import cross_entropy
-from ucmkd_jax.methods._common import (adam_for_extra, adaptive_avg_pool, check_feature_maps, check_teacher, options,
-                                       per_sample_maps, resize_hw, split_extra, stage_channels, teacher_stage_maps)
+from ucmkd_jax.methods._common import (adaptive_avg_pool, check_feature_maps, check_teacher, options,
+                                       own_optimizer, per_sample_maps, resize_hw, split_extra, stage_channels,
+                                       teacher_stage_maps)
 from ucmkd_jax.methods.base import MethodConfig, register
 from ucmkd_jax.models.model import Model
 
@@ -147,9 +148,7 @@ def init_reviewkd(key, student, teacher, teacher_variables, config):
     return {"params": {"fusion": v["params"]}, "batch_stats": {"fusion": v["batch_stats"]}}
 
 
-def reviewkd_optimizer(tx, config):
-    opts: ReviewKDConfig = options(config, "reviewkd", ReviewKDConfig())
-    return adam_for_extra(tx, opts.extra_lr, opts.extra_weight_decay) if opts.own_optimizer else tx
+reviewkd_optimizer = own_optimizer("reviewkd", ReviewKDConfig())
 
 
 @register("reviewkd", uses_teacher=True, needs_paired=False, init_extra=init_reviewkd, optimizer=reviewkd_optimizer,
