@@ -120,9 +120,7 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
         model.check_input(train.x)
     validate_split(val, model.num_classes, f"{model.name} val")
     if spec.uses_teacher:
-        if streaming:
-            teacher_train = train  # only for the checks below being skipped
-        if teacher is None or teacher_variables is None or teacher_train is None:
+        if teacher is None or teacher_variables is None or (teacher_train is None and not streaming):
             raise ValueError(f"method {method!r} needs a teacher, its variables and its train split")
         if spec.needs_paired and pairing != "paired":
             raise ValueError(f"method {method!r} needs paired batches (the teacher sees the partner of each "
