@@ -88,7 +88,8 @@ class FAConfig:
         mode exactly this many iterations run.
       differentiation: "implicit" or "unroll" (see module doc).
       threshold: marginal-error stopping threshold for "implicit" mode.
-      inner_iterations: iterations between convergence checks (and scan body length).
+      inner_iterations: iterations between convergence checks ("implicit" mode; "unroll" mode
+        runs one chunk of ``num_iterations``, see ``feature_alignment``).
     """
 
     cost: Literal["l2", "l1", "cosine", "angular"] = "cosine"
@@ -141,9 +142,14 @@ def feature_alignment(z_s: jax.Array, z_t: jax.Array, config: FAConfig = FAConfi
                              relative_epsilon="mean" if relative else None)
     prob = linear_problem.LinearProblem(geom)
     if config.differentiation == "unroll":
+        # One chunk of num_iterations (inner_iterations is ignored here): with min == max OTT
+        # (0.6.0) runs a scan whose custom backward pass starts at chunk 0 instead of the last
+        # one, so with several chunks the pullbacks are taken at the wrong (even unwritten, zero)
+        # checkpointed states and the gradient is not that of the returned cost unless Sinkhorn
+        # has converged. With a single chunk the only checkpoint is the right one.
         solver = sinkhorn.Sinkhorn(
             min_iterations=config.num_iterations, max_iterations=config.num_iterations,
-            inner_iterations=config.inner_iterations, implicit_diff=None, use_danskin=False)
+            inner_iterations=config.num_iterations, implicit_diff=None, use_danskin=False)
     else:
         solver = sinkhorn.Sinkhorn(
             max_iterations=config.num_iterations, inner_iterations=config.inner_iterations,
