@@ -47,6 +47,10 @@ class MethodConfig:
         ``feature_kd`` / ``sumall``).
       n1, n2: inner FA and LA steps (Table 12 "FA epoch", "LA epoch").
       hypergrad: "first_order" (authors' code) or "unrolled" (exact total derivative).
+      hvp: how the unrolled hypergradient differentiates through the FA inner steps:
+        "forward_over_reverse" (``jax.linearize`` of the FA gradient, its tangent map applied to
+        the outer cotangent: a Hessian-vector product) or "reverse_over_reverse" (``jax.grad``
+        through the whole unrolled loss). The same number; ignored for "first_order".
       inner_opt: "adamw" (authors' code, lr ``inner_lr``, wd ``inner_weight_decay``) or "sgd"
         (Algorithm 1: the current outer learning rate).
       la_grad: "head" (authors' code: the LA step moves only p') or "full" (Algorithm 1 line 11:
@@ -60,6 +64,7 @@ class MethodConfig:
     n1: int = 1
     n2: int = 1
     hypergrad: str = "first_order"
+    hvp: str = "forward_over_reverse"
     inner_opt: str = "adamw"
     inner_lr: float = 1e-5
     inner_weight_decay: float = 0.05
@@ -72,6 +77,8 @@ class MethodConfig:
     def __post_init__(self):
         if self.hypergrad not in ("first_order", "unrolled"):
             raise ValueError(f"hypergrad must be 'first_order' or 'unrolled', got {self.hypergrad!r}")
+        if self.hvp not in ("forward_over_reverse", "reverse_over_reverse"):
+            raise ValueError(f"hvp must be 'forward_over_reverse' or 'reverse_over_reverse', got {self.hvp!r}")
         if self.inner_opt not in ("adamw", "sgd"):
             raise ValueError(f"inner_opt must be 'adamw' or 'sgd', got {self.inner_opt!r}")
         if self.la_grad not in ("head", "full"):

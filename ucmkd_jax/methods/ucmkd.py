@@ -15,7 +15,10 @@ batch x_T (unpaired):
 
 ``hypergrad="unrolled"`` is the exact total derivative: ``jax.grad`` of L_out as a function of
 (phi, p_S) through every inner step (second order: Hessian-vector products through the ResNet,
-BatchNorm and the unrolled Sinkhorn solve). ``hypergrad="first_order"`` (the authors' code) is
+BatchNorm and the unrolled Sinkhorn solve); by default (``hvp="forward_over_reverse"``) the FA
+steps' second-order term is a forward-mode Hessian-vector product over the saved FA gradient
+(``unrolled_hypergradient_fwd_rev``), the same number as reverse-over-reverse ``jax.grad``, which
+``hvp="reverse_over_reverse"`` keeps. ``hypergrad="first_order"`` (the authors' code) is
 dL_out/d(phi', p') evaluated at the adapted parameters and applied to (phi, p_S): here each inner
 update is computed from ``stop_gradient`` inputs, so d(phi')/d(phi) = I and no second-order
 work is traced at all. Both are the same function below.
@@ -27,6 +30,7 @@ and shared by the LA step and the outer loss (the authors' code runs that forwar
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,17 +44,18 @@ from ucmkd_jax.methods.feature_kd import _check_latent
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import inner_optimizer
 
-__all__ = ["build_ucmkd", "ucmkd_outer_loss"]
+__all__ = ["build_ucmkd", "ucmkd_outer_loss", "unrolled_hypergradient_fwd_rev"]
 
 
-def ucmkd_outer_loss(student: Model, teacher: Model, config: MethodConfig, *, params, batch_stats,
-                     teacher_variables, batch, lr, n1: int, n2: int):
-    """L_out(phi, p_S) through the inner FA and LA steps (Algorithm 1, lines 5-15).
+class _Parts(NamedTuple):
+    fa_loss: Callable  # (enc, stats) -> (lambda_1 FA, (new stats, FA))
+    inner_step: Callable  # (tree, grads) -> updates of one fresh inner optimiser step
+    la_and_outer: Callable  # (enc, head, stats) -> (outer CE, (new stats, metrics))
 
-    Returns (outer CE, (new batch_stats, metrics)). Differentiate w.r.t. ``params`` for the
-    hypergradient; with ``config.hypergrad == "first_order"`` that derivative is the gradient
-    at the adapted parameters.
-    """
+
+def _parts(student: Model, teacher: Model, config: MethodConfig, *, teacher_variables, batch, lr,
+           n2: int) -> _Parts:
+    """The pieces of L_out shared by the reverse-mode and forward-over-reverse hypergradients."""
     first_order = config.hypergrad == "first_order"
     sg = jax.lax.stop_gradient if first_order else (lambda t: t)
     fa_cfg = config.fa
@@ -67,57 +72,113 @@ def ucmkd_outer_loss(student: Model, teacher: Model, config: MethodConfig, *, pa
     x_s, y = batch["x_s"], batch["y_s"]
     z_t = teacher_features(teacher, teacher_variables, batch["x_t"])
     t_head = teacher_variables["params"]["head"]
-    enc, head, stats = params["encoder"], params["head"], batch_stats
-    metrics = {}
 
+    def fa_loss(e, stats):
+        z, new_stats = student.encode(e, stats, x_s, train=True)
+        fa = feature_alignment(z, z_t, fa_cfg)
+        return config.lambda_fa * fa, (new_stats, fa)
+
+    def la_and_outer(enc, head, stats):
+        # Stage 2: label alignment on p' (and phi' with la_grad="full"), then the outer CE.
+        metrics = {}
+        z = None
+        for _ in range(n2):
+            if config.la_grad == "head":
+                if z is None:
+                    z, stats = student.encode(enc, stats, x_s, train=True)
+
+                def la_loss(h, zz):
+                    t_logits = teacher.classify(t_head, zz)
+                    la = label_alignment(student.classify(h, zz), t_logits, y)
+                    return config.lambda_la * la, (la, label_transport_kernel(t_logits, y).mean())
+
+                (_, (la, kappa)), g = jax.value_and_grad(la_loss, has_aux=True)(sg(head), sg(z))
+                head = optax.apply_updates(head, inner_step(sg(head), g))
+            else:
+                kappa = None
+                if not first_order:
+                    # kappa is a constant of the inner gradient (App. D) but a function of phi for the
+                    # outer derivative: compute it outside the inner grad (one extra forward pass).
+                    z_k, _ = student.encode(enc, stats, x_s, train=True)
+                    kappa = jax.nn.softmax(teacher.classify(t_head, z_k))[jnp.arange(y.shape[0]), y]
+
+                def la_loss_full(eh, stats=stats, kappa=kappa):
+                    zz, new_stats = student.encode(eh[0], stats, x_s, train=True)
+                    t_logits = teacher.classify(t_head, zz)
+                    la = label_alignment(student.classify(eh[1], zz), t_logits, y, kappa)
+                    return config.lambda_la * la, (new_stats, la, label_transport_kernel(t_logits, y).mean())
+
+                (_, (stats, la, kappa)), g = jax.value_and_grad(la_loss_full, has_aux=True)(sg((enc, head)))
+                enc, head = optax.apply_updates((enc, head), inner_step(sg((enc, head)), g))
+            metrics.update(la=la, kappa=kappa)
+
+        # Outer loss at the adapted parameters.
+        if z is None:
+            z, stats = student.encode(enc, stats, x_s, train=True)
+        ce = cross_entropy(student.classify(head, z), y)
+        return ce, (stats, dict(metrics, ce=ce))
+
+    return _Parts(fa_loss, inner_step, la_and_outer)
+
+
+def ucmkd_outer_loss(student: Model, teacher: Model, config: MethodConfig, *, params, batch_stats,
+                     teacher_variables, batch, lr, n1: int, n2: int):
+    """L_out(phi, p_S) through the inner FA and LA steps (Algorithm 1, lines 5-15).
+
+    Returns (outer CE, (new batch_stats, metrics)). Differentiate w.r.t. ``params`` for the
+    hypergradient; with ``config.hypergrad == "first_order"`` that derivative is the gradient
+    at the adapted parameters.
+    """
+    parts = _parts(student, teacher, config, teacher_variables=teacher_variables, batch=batch, lr=lr, n2=n2)
+    sg = jax.lax.stop_gradient if config.hypergrad == "first_order" else (lambda t: t)
+    enc, stats = params["encoder"], batch_stats
+    fa_metrics = {}
     # Stage 1: feature alignment on phi'.
     for _ in range(n1):
-        def fa_loss(e):
-            z, new_stats = student.encode(e, stats, x_s, train=True)
-            fa = feature_alignment(z, z_t, fa_cfg)
-            return config.lambda_fa * fa, (new_stats, fa)
+        (_, (stats, fa)), g = jax.value_and_grad(parts.fa_loss, has_aux=True)(sg(enc), stats)
+        enc = optax.apply_updates(enc, parts.inner_step(sg(enc), g))
+        fa_metrics["fa"] = fa
+    ce, (stats, metrics) = parts.la_and_outer(enc, params["head"], stats)
+    return ce, (stats, dict(fa_metrics, **metrics))
 
-        (_, (stats, fa)), g = jax.value_and_grad(fa_loss, has_aux=True)(sg(enc))
-        enc = optax.apply_updates(enc, inner_step(sg(enc), g))
-        metrics["fa"] = fa
 
-    # Stage 2: label alignment on p' (and phi' with la_grad="full").
-    z = None
-    for _ in range(n2):
-        if config.la_grad == "head":
-            if z is None:
-                z, stats = student.encode(enc, stats, x_s, train=True)
+def unrolled_hypergradient_fwd_rev(student: Model, teacher: Model, config: MethodConfig, *, params,
+                                   batch_stats, teacher_variables, batch, lr, n1: int, n2: int):
+    """The exact hypergradient with forward-over-reverse Hessian-vector products for the FA steps.
 
-            def la_loss(h, zz):
-                t_logits = teacher.classify(t_head, zz)
-                la = label_alignment(student.classify(h, zz), t_logits, y)
-                return config.lambda_la * la, (la, label_transport_kernel(t_logits, y).mean())
+    Each FA step is phi_{k+1} = phi_k + U(g(phi_k), phi_k), with g = grad(lambda_1 FA) and U the
+    fresh inner optimiser update. Its transposed Jacobian applied to a cotangent c is
 
-            (_, (la, kappa)), g = jax.value_and_grad(la_loss, has_aux=True)(sg(head), sg(z))
-            head = optax.apply_updates(head, inner_step(sg(head), g))
-        else:
-            kappa = None
-            if not first_order:
-                # kappa is a constant of the inner gradient (App. D) but a function of phi for the
-                # outer derivative: compute it outside the inner grad (one extra forward pass).
-                z_k, _ = student.encode(enc, stats, x_s, train=True)
-                kappa = jax.nn.softmax(teacher.classify(t_head, z_k))[jnp.arange(y.shape[0]), y]
+        c + (dU/dphi)^T c + H_k (dU/dg)^T c,       H_k = Hessian of lambda_1 FA at phi_k (symmetric),
 
-            def la_loss_full(eh):
-                zz, new_stats = student.encode(eh[0], stats, x_s, train=True)
-                t_logits = teacher.classify(t_head, zz)
-                la = label_alignment(student.classify(eh[1], zz), t_logits, y, kappa)
-                return config.lambda_la * la, (new_stats, la, label_transport_kernel(t_logits, y).mean())
+    and ``jax.linearize`` of g at phi_k gives the tangent map v -> H_k v while computing g itself,
+    so H_k is applied by a forward (JVP) pass over the saved gradient computation instead of a
+    transpose of it. The LA stage and the outer CE (cheap second order: with la_grad="head" only
+    through the head) stay in reverse mode. Returns ((outer CE, (batch_stats, metrics)), grads),
+    equal to ``jax.value_and_grad(ucmkd_outer_loss, has_aux=True)`` up to rounding.
+    """
+    parts = _parts(student, teacher, config, teacher_variables=teacher_variables, batch=batch, lr=lr, n2=n2)
+    enc, stats = params["encoder"], batch_stats
+    tape = []
+    fa = None
+    for _ in range(n1):
+        def fa_grad(e, stats=stats):
+            g, aux = jax.grad(parts.fa_loss, has_aux=True)(e, stats)
+            return g, aux
 
-            (_, (stats, la, kappa)), g = jax.value_and_grad(la_loss_full, has_aux=True)(sg((enc, head)))
-            enc, head = optax.apply_updates((enc, head), inner_step(sg((enc, head)), g))
-        metrics.update(la=la, kappa=kappa)
+        g, hvp, (stats, fa) = jax.linearize(fa_grad, enc, has_aux=True)
+        updates, update_vjp = jax.vjp(lambda gg, ee: parts.inner_step(ee, gg), g, enc)
+        tape.append((hvp, update_vjp))
+        enc = optax.apply_updates(enc, updates)
 
-    # Outer loss at the adapted parameters.
-    if z is None:
-        z, stats = student.encode(enc, stats, x_s, train=True)
-    ce = cross_entropy(student.classify(head, z), y)
-    return ce, (stats, dict(metrics, ce=ce))
+    (ce, (stats, metrics)), (c_enc, c_head) = jax.value_and_grad(
+        parts.la_and_outer, argnums=(0, 1), has_aux=True)(enc, params["head"], stats)
+    for hvp, update_vjp in reversed(tape):
+        c_g, c_e = update_vjp(c_enc)
+        c_enc = jax.tree.map(lambda a, b, c: a + b + c, c_enc, c_e, hvp(c_g))
+    if fa is not None:
+        metrics = dict(metrics, fa=fa)
+    return (ce, (stats, metrics)), {"encoder": c_enc, "head": c_head}
 
 
 def build_ucmkd(student: Model, teacher: Model, config: MethodConfig, n1: int | None = None,
@@ -126,13 +187,16 @@ def build_ucmkd(student: Model, teacher: Model, config: MethodConfig, n1: int | 
     _check_latent(student, teacher)
     n1 = config.n1 if n1 is None else n1
     n2 = config.n2 if n2 is None else n2
+    fwd_rev = config.hypergrad == "unrolled" and config.hvp == "forward_over_reverse"
 
     def grads_fn(params, batch_stats, teacher_variables, batch, lr):
-        def outer(p):
-            return ucmkd_outer_loss(student, teacher, config, params=p, batch_stats=batch_stats,
-                                    teacher_variables=teacher_variables, batch=batch, lr=lr, n1=n1, n2=n2)
-
-        (loss, (stats, metrics)), grads = jax.value_and_grad(outer, has_aux=True)(params)
+        kw = dict(batch_stats=batch_stats, teacher_variables=teacher_variables, batch=batch, lr=lr, n1=n1, n2=n2)
+        if fwd_rev:
+            (loss, (stats, metrics)), grads = unrolled_hypergradient_fwd_rev(
+                student, teacher, config, params=params, **kw)
+        else:
+            (loss, (stats, metrics)), grads = jax.value_and_grad(
+                lambda p: ucmkd_outer_loss(student, teacher, config, params=p, **kw), has_aux=True)(params)
         return grads, stats, dict(metrics, loss=loss)
 
     return grads_fn
