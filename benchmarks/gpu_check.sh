@@ -19,6 +19,7 @@
 # Environment: OUT, SMALL=1, STEPS (default 10), WARMUP (3), BENCH_SECONDS (240),
 #   METHODS (default "ucmkd,ce,teacher_fwd,feature_kd,ucmkd_unrolled,sumall": priority order),
 #   DTYPES (default "bfloat16,float32"), BENCH_ARGS (extra step_bench arguments), SITE,
+#   JAX_COMPILATION_CACHE_DIR (default /tmp/jax_cache),
 #   PROFILE=1 (then PROFILE_METHODS, PROFILE_DTYPE, PROFILE_SECONDS: a traced run after the benchmark,
 #   e.g. PROFILE_METHODS=ucmkd_fa_only_unrolled,fa_solve_unrolled to attribute the unrolled step's cost).
 set -uo pipefail
@@ -41,6 +42,9 @@ say() { echo "[gpu_check $(( $(date +%s) - t_start ))s] $*"; }
 # ---------------------------------------------------------------- 1. wheels
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # torch shares the device in the same process
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.75}"
+# A persistent compilation cache: the optional profile phase (a second process) then reuses the
+# benchmark's executables instead of compiling them again (records' compile_s there are cache hits).
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}"
 export POT_BACKEND_DISABLE_TENSORFLOW=1 POT_BACKEND_DISABLE_JAX=1 POT_BACKEND_DISABLE_CUPY=1
 if python3 -c "import ott, jaxopt, ot" 2>/dev/null; then
   say "ott-jax, jaxopt and POT already importable: no wheels installed"
