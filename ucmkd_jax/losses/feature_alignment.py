@@ -9,9 +9,12 @@ Two ways to differentiate the solve (``differentiation``):
   Danskin/envelope shortcut; early stop at ``threshold``). Right and cheap for a first-order
   gradient of FA. It is silently WRONG for a gradient taken through an inner step that used it
   (ALGORITHM.md, "Known traps"), so the unrolled hypergradient never uses it.
-* ``"unroll"``: exactly ``num_iterations`` Sinkhorn iterations (min == max, so OTT runs a
-  fixed-length scan), no implicit differentiation, no Danskin: reverse mode goes through every
-  iteration and ``jax.grad`` of ``jax.grad`` is exact for the truncated solver.
+* ``"unroll"``: exactly ``num_iterations`` log-domain Sinkhorn iterations of OTT's potential
+  updates in a plain ``lax.scan`` (no convergence checks, no implicit differentiation, no
+  Danskin): reverse and forward mode go through every iteration, so ``jax.grad`` of ``jax.grad``
+  and ``jax.jvp`` of ``jax.grad`` are exact for the truncated solver (checked against finite
+  differences before convergence). Its value is OTT's ``Sinkhorn`` at that iteration count; why
+  the loop is not OTT's own fixed-length mode: ``_unrolled_reg_ot_cost``.
 
 Scale of epsilon (``epsilon_mode``): cosine and angular costs are bounded (in [0, 2] and
 [0, pi]) and the authors' absolute epsilon = 0.1 is well conditioned for them. Euclidean and L1
@@ -88,8 +91,7 @@ class FAConfig:
         mode exactly this many iterations run.
       differentiation: "implicit" or "unroll" (see module doc).
       threshold: marginal-error stopping threshold for "implicit" mode.
-      inner_iterations: iterations between convergence checks ("implicit" mode; "unroll" mode
-        runs one chunk of ``num_iterations``, see ``feature_alignment``).
+      inner_iterations: iterations between convergence checks ("implicit" mode only).
     """
 
     cost: Literal["l2", "l1", "cosine", "angular"] = "cosine"
@@ -119,6 +121,35 @@ def cost_matrix(x: jax.Array, y: jax.Array, cost: str) -> jax.Array:
     return pointcloud.PointCloud(x, y, cost_fn=_cost_fn(cost)).cost_matrix
 
 
+def _unrolled_reg_ot_cost(prob: linear_problem.LinearProblem, num_iterations: int) -> jax.Array:
+    """OTT's reg_ot_cost after exactly ``num_iterations`` log-domain Sinkhorn iterations, as a plain
+    ``lax.scan`` of OTT's own potential updates (g then f, as ``Sinkhorn.lse_step``) that autodiff
+    goes through to any order.
+
+    Why not ``sinkhorn.Sinkhorn(min_iterations=max_iterations=n, implicit_diff=None)``: in OTT
+    0.6.0 (1) that mode's custom backward pass visits its checkpoints in the wrong order when the
+    iterations span several chunks (``inner_iterations < n``), so its gradient is not the returned
+    cost's unless Sinkhorn has converged; (2) its last iteration always computes the marginal error
+    ``sum |m - b| ** 1``, whose second derivative is 0 * inf = NaN once an entry of the marginal
+    matches exactly (it does, in float32, at convergence), and that NaN reaches every
+    second-order derivative through the loop state. Neither error computation nor convergence
+    check is needed here: the iteration count is fixed.
+    """
+    geom = prob.geom
+    log_a, log_b = jnp.log(prob.a), jnp.log(prob.b)
+
+    def body(fg, iteration):
+        f, g = fg
+        g = geom.update_potential(f, g, log_b, iteration, axis=0)
+        f = geom.update_potential(f, g, log_a, iteration, axis=1)
+        return (f, g), None
+
+    n, m = geom.shape
+    init = (jnp.zeros((n,), geom.dtype), jnp.zeros((m,), geom.dtype))
+    (f, g), _ = jax.lax.scan(body, init, jnp.arange(num_iterations))
+    return sinkhorn.compute_kl_reg_cost(f, g, prob, lse_mode=True)
+
+
 def feature_alignment(z_s: jax.Array, z_t: jax.Array, config: FAConfig = FAConfig()) -> jax.Array:
     """Entropic OT cost <P, C> + epsilon KL(P | a b^T) between uniform clouds (OTT ``reg_ot_cost``).
 
@@ -142,16 +173,8 @@ def feature_alignment(z_s: jax.Array, z_t: jax.Array, config: FAConfig = FAConfi
                              relative_epsilon="mean" if relative else None)
     prob = linear_problem.LinearProblem(geom)
     if config.differentiation == "unroll":
-        # One chunk of num_iterations (inner_iterations is ignored here): with min == max OTT
-        # (0.6.0) runs a scan whose custom backward pass starts at chunk 0 instead of the last
-        # one, so with several chunks the pullbacks are taken at the wrong (even unwritten, zero)
-        # checkpointed states and the gradient is not that of the returned cost unless Sinkhorn
-        # has converged. With a single chunk the only checkpoint is the right one.
-        solver = sinkhorn.Sinkhorn(
-            min_iterations=config.num_iterations, max_iterations=config.num_iterations,
-            inner_iterations=config.num_iterations, implicit_diff=None, use_danskin=False)
-    else:
-        solver = sinkhorn.Sinkhorn(
-            max_iterations=config.num_iterations, inner_iterations=config.inner_iterations,
-            threshold=config.threshold)
+        return _unrolled_reg_ot_cost(prob, config.num_iterations)
+    solver = sinkhorn.Sinkhorn(
+        max_iterations=config.num_iterations, inner_iterations=config.inner_iterations,
+        threshold=config.threshold)
     return solver(prob).reg_ot_cost
