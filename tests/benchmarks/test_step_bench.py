@@ -104,6 +104,14 @@ def test_helpers():
     assert step_bench.flops_of(None) is None and step_bench.flops_of([{}]) is None
     assert step_bench._percentile([1, 2, 3, 4, 5], 50) == 3
     assert step_bench._percentile([1.0, 3.0], 10) == pytest.approx(1.2)
+    # The CPU-lowering fallback (for a GPU without a lowered cost analysis) counts a matmul as
+    # 2 n^3 FLOPs: an independent closed form, not the direct path's own number.
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((32, 32))
+    assert step_bench.cpu_lowered_flops(jax.jit(lambda a, b: a @ b), (x, x)) == 2 * 32 ** 3
+    assert step_bench.cpu_lowered_flops(lambda a: a, (x,)) is None  # not a jitted function
 
 
 def test_torch_reference_ce_step():
