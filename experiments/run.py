@@ -70,6 +70,8 @@ def parse_args(argv=None):
     a("--eval-batch-size", type=int, default=None, help="evaluation batch (padded: one compiled shape; default 256)")
     a("--lr", type=float, default=None)
     a("--hypergrad", default=None, choices=["first_order", "unrolled"])
+    a("--hvp", default=None, choices=["forward_over_reverse", "reverse_over_reverse"],
+      help="how the unrolled hypergradient differentiates the FA steps (same number; forward is faster)")
     a("--inner-opt", default=None, choices=["adamw", "sgd"])
     a("--la-grad", default=None, choices=["head", "full"])
     a("--lambda-fa", type=float, default=None)
@@ -124,7 +126,7 @@ def resolve_config(args):
                                    batch_size=args.batch_size, eval_batch_size=args.eval_batch_size).items()
              if v is not None}
     model = {k: v for k, v in dict(backbone=args.backbone, width=args.width, dtype=args.dtype).items() if v is not None}
-    method = {k: v for k, v in dict(hypergrad=args.hypergrad, inner_opt=args.inner_opt, la_grad=args.la_grad,
+    method = {k: v for k, v in dict(hypergrad=args.hypergrad, hvp=args.hvp, inner_opt=args.inner_opt, la_grad=args.la_grad,
                                     lambda_fa=args.lambda_fa, lambda_la=args.lambda_la, n1=args.n1,
                                     n2=args.n2).items() if v is not None}
     fa = {k: v for k, v in dict(cost=args.cost, epsilon=args.epsilon, num_iterations=args.sinkhorn_iters).items()

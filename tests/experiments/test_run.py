@@ -55,3 +55,11 @@ def test_unknown_method_and_unpaired_vanilla_kd_fail_before_training(tmp_path):
         main(ARGS + ["--methods", "magic", "--out", str(tmp_path / "a")])
     with pytest.raises(ValueError, match="needs paired data: add --unpaired paired"):
         main(ARGS + ["--methods", "vanilla_kd", "--out", str(tmp_path / "b")])
+
+
+def test_method_flags_reach_the_config():
+    from experiments.run import parse_args, resolve_config
+
+    cfg = resolve_config(parse_args(["--hypergrad", "unrolled", "--hvp", "reverse_over_reverse", "--n1", "2"]))
+    assert (cfg.method.hypergrad, cfg.method.hvp, cfg.method.n1) == ("unrolled", "reverse_over_reverse", 2)
+    assert resolve_config(parse_args([])).method.hvp == "forward_over_reverse"
