@@ -60,6 +60,7 @@ def write_synthetic_shards(out: Path, clips: int, frames: int, train_fraction: f
     from data_prep import clips as clips_lib
     from data_prep.builders import CremaD
     from data_prep.datasets import CREMA_D_CLASSES, ClipTask, Index
+    from ucmkd_jax.data.spec import SPECTROGRAM_DTYPE, SPECTROGRAM_SHAPE
 
     rng = np.random.default_rng(seed)
     cache = out / "_cache"
@@ -72,7 +73,7 @@ def write_synthetic_shards(out: Path, clips: int, frames: int, train_fraction: f
         split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
         fr = [base[(i * 7 + f) % len(base)] for f in range(frames)]
         jpeg_bytes += sum(len(b) for b in fr)
-        spec = rng.standard_normal((257, 1004), dtype=np.float32).astype(np.float16)
+        spec = rng.standard_normal(SPECTROGRAM_SHAPE, dtype=np.float32).astype(SPECTROGRAM_DTYPE)
         clips_lib.save_cached(cache, cid, clips_lib.ClipFeatures(spec, fr, np.arange(frames, dtype=np.int32),
                                                                  np.arange(frames, dtype=np.float32)))
         tasks.append(ClipTask(key=cid, clip_id=cid, label=CREMA_D_CLASSES[i % 6], split=split, audio_path="-",

@@ -277,10 +277,9 @@ class JaxCase:
                  seed: int = 0, compile_only: bool = False):
         import jax
 
-        from ucmkd_jax.methods import (MethodConfig, create_train_state, get_method, make_train_step,
-                                       teacher_features)
-        from ucmkd_jax.methods.base import with_extra
-        from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
+        from ucmkd_jax.methods import MethodConfig, teacher_features
+        from ucmkd_jax.optim import OptimConfig
+        from ucmkd_jax.train import build_step
 
         method, hypergrad = CASES[case]
         student, teacher, sv, tv, batch = _models_and_batch(direction, shapes, dtype, stem, seed, compile_only)
@@ -303,15 +302,10 @@ class JaxCase:
             self._run = lambda carry: (carry, {"loss": compiled(*args).sum()})
         else:
             cfg = MethodConfig(hypergrad=hypergrad or "first_order", **CASE_CONFIG.get(case, {}))
-            optim = OptimConfig()
-            schedule = learning_rate_schedule(optim, steps_per_epoch=100, epochs=100)
-            spec = get_method(method)
-            tx = outer_optimizer(optim, schedule)
-            if spec.optimizer is not None:  # as train.fit: the method's own modules may have their own optimiser
-                tx = spec.optimizer(tx, cfg)
-            step = make_train_step(spec.build(student, teacher, cfg), tx, schedule)
-            variables = with_extra(spec, sv, jax.random.PRNGKey(seed + 7919), student, teacher, tv, cfg)
-            self.carry = create_train_state(variables, tx)
+            train_step = build_step(method, student, teacher, method_config=cfg, optim=OptimConfig(),
+                                    steps_per_epoch=100, epochs=100)  # the step train.fit runs
+            step = train_step.step
+            self.carry = train_step.init_state(sv, tv, seed)
             jitted, jit_args = step, (self.carry, tv, batch)
             t0 = time.perf_counter()
             lowered = step.lower(self.carry, tv, batch)

@@ -1,6 +1,6 @@
 """TFDS builders, one per dataset, writing TFRecord shards to ``<out>/<name>/<config>/<version>/``.
 
-Feature spec (version 1.1.0, all four datasets)::
+Feature spec (``ucmkd_jax.data.spec``: its ``SPEC_VERSION``, names and shapes; all four datasets)::
 
     clip_id      Text        raw clip name (CREMA-D "1001_DFA_ANG_XX", AVE video id, ...)
     speaker      Text        actor / speaker id, "" where the dataset has none (AVE, VGGSound)
@@ -25,20 +25,21 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import clips as clips_lib
-from data_prep import audio as audio_lib
-from data_prep.datasets import SPEC_VERSION, SPLITS, Index
+from data_prep.datasets import SPLITS, Index
+from ucmkd_jax.data import spec
 
-__all__ = ["CremaD", "Ravdess", "Ave", "Vggsound", "BUILDERS", "SPEC_VERSION"]
+__all__ = ["CremaD", "Ravdess", "Ave", "Vggsound", "BUILDERS"]
+
 
 class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = tfds.core.Version(SPEC_VERSION)
+    VERSION = tfds.core.Version(spec.SPEC_VERSION)
     RELEASE_NOTES = {"1.0.0": "Log power spectrogram 257x1004 float16 (stored as a float32 list) + 1 fps JPEG frames.",
                      "1.1.0": "The spectrogram stored as raw float16 bytes: half the disk of 1.0.0."}
     DESCRIPTION = ""
     HOMEPAGE = ""
 
     def __init__(self, *, index: Index, cache_dir: Optional[str] = None,
-                 short_side: Optional[int] = 256, **kwargs):
+                 short_side: Optional[int] = spec.STORED_SHORT_SIDE, **kwargs):
         if index.dataset != self.name:
             raise ValueError(f"{type(self).__name__} given an index of {index.dataset!r}")
         self._index = index
@@ -52,16 +53,16 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             description=self.DESCRIPTION,
             homepage=self.HOMEPAGE,
             features=tfds.features.FeaturesDict({
-                "clip_id": tfds.features.Text(),
-                "speaker": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=list(self._index.class_names)),
+                spec.CLIP_ID: tfds.features.Text(),
+                spec.SPEAKER: tfds.features.Text(),
+                spec.LABEL: tfds.features.ClassLabel(names=list(self._index.class_names)),
                 # BYTES: the raw float16 buffer; the default encoding would widen it to a float32
                 # float_list on disk (twice the size, and twice the bytes to parse on reading)
-                "spectrogram": tfds.features.Tensor(shape=(audio_lib.N_FREQ, audio_lib.N_FRAMES),
-                                                    dtype=clips_lib.SPECTROGRAM_DTYPE,
-                                                    encoding=tfds.features.Encoding.BYTES),
-                "frames": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
-                "frame_times": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+                spec.SPECTROGRAM: tfds.features.Tensor(shape=spec.SPECTROGRAM_SHAPE, dtype=spec.SPECTROGRAM_DTYPE,
+                                                       encoding=tfds.features.Encoding.BYTES),
+                spec.FRAMES: tfds.features.Sequence(tfds.features.Image(shape=(None, None, 3),
+                                                                        encoding_format="jpeg")),
+                spec.FRAME_TIMES: tfds.features.Tensor(shape=(None,), dtype=np.float32),
             }),
             supervised_keys=None,
         )
@@ -80,12 +81,12 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     self.failures.append(clips_lib.failure_from_error(task, e))
                     continue
             yield task.key, {
-                "clip_id": task.clip_id,
-                "speaker": task.speaker,
-                "label": task.label,
-                "spectrogram": feats.spectrogram,
-                "frames": list(feats.frames),
-                "frame_times": feats.frame_times.astype(np.float32),
+                spec.CLIP_ID: task.clip_id,
+                spec.SPEAKER: task.speaker,
+                spec.LABEL: task.label,
+                spec.SPECTROGRAM: feats.spectrogram,
+                spec.FRAMES: list(feats.frames),
+                spec.FRAME_TIMES: feats.frame_times.astype(np.float32),
             }
 
 
@@ -95,7 +96,7 @@ class CremaD(_ClipBuilder, skip_registration=True):
     DESCRIPTION = "CREMA-D audio-visual emotion clips (AudioWAV + VideoFlash), UCMKD protocol."
     HOMEPAGE = "https://github.com/CheyneyComputerScience/CREMA-D"
     BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name="speaker", description="actors held out 70/10/20 (seed 0)"),
+        tfds.core.BuilderConfig(name=spec.DEFAULT_CONFIGS["crema_d"], description="actors held out 70/10/20 (seed 0)"),
         tfds.core.BuilderConfig(name="authors", description="the authors' 6698/744 lists, val 10% of train (seed 0)"),
     ]
 
@@ -105,7 +106,8 @@ class Ravdess(_ClipBuilder, skip_registration=True):
     name = "ravdess"
     DESCRIPTION = "RAVDESS audio-video speech clips, split by actor 70/10/20, UCMKD protocol."
     HOMEPAGE = "https://zenodo.org/record/1188976"
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="speech", description="speech channel, actors 70/10/20 (seed 0)")]
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=spec.DEFAULT_CONFIGS["ravdess"],
+                                               description="speech channel, actors 70/10/20 (seed 0)")]
 
 
 class Ave(_ClipBuilder, skip_registration=True):
@@ -113,7 +115,8 @@ class Ave(_ClipBuilder, skip_registration=True):
     name = "ave"
     DESCRIPTION = "AVE audio-visual events, audio and frames cropped to the event, official splits."
     HOMEPAGE = "https://github.com/YapengTian/AVE-ECCV18"
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="official", description="trainSet/valSet/testSet.txt")]
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=spec.DEFAULT_CONFIGS["ave"],
+                                               description="trainSet/valSet/testSet.txt")]
 
 
 class Vggsound(_ClipBuilder, skip_registration=True):
@@ -121,7 +124,8 @@ class Vggsound(_ClipBuilder, skip_registration=True):
     name = "vggsound"
     DESCRIPTION = "VGGSound clips (a class subset), val 10% of train, UCMKD protocol."
     HOMEPAGE = "https://www.robots.ox.ac.uk/~vgg/data/vggsound/"
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="all", description="all classes in vggsound.csv")]
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=spec.DEFAULT_CONFIGS["vggsound"],
+                                               description="all classes in vggsound.csv")]
 
 
 BUILDERS = {b.name: b for b in (CremaD, Ravdess, Ave, Vggsound)}

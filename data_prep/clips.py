@@ -19,19 +19,17 @@ import numpy as np
 from data_prep import audio as audio_lib
 from data_prep import video as video_lib
 from data_prep.datasets import ClipTask
+from ucmkd_jax.data.spec import SPECTROGRAM_DTYPE, STORED_SHORT_SIDE
 
-__all__ = ["SPECTROGRAM_DTYPE", "ClipFeatures", "ClipFailure", "process_clip", "save_cached",
-           "load_cached", "cache_path", "run_task", "MEDIA_ERRORS", "failure_from_error"]
+__all__ = ["ClipFeatures", "ClipFailure", "process_clip", "save_cached", "load_cached", "cache_path", "run_task",
+           "MEDIA_ERRORS", "failure_from_error"]
 
-# Stored spectrogram dtype: float16 halves disk (257 x 1004 x 2 B = 516 KB a clip). The values
-# are standardised (|x| < ~10), so float16 keeps ~3 significant digits; the reader casts to float32.
-SPECTROGRAM_DTYPE = np.float16
 _CACHE_FORMAT = 1
 
 
 @dataclasses.dataclass
 class ClipFeatures:
-    spectrogram: np.ndarray   # (257, 1004) float16
+    spectrogram: np.ndarray   # SPECTROGRAM_SHAPE (257, 1004), SPECTROGRAM_DTYPE (float16)
     frames: list              # JPEG bytes
     frame_indices: np.ndarray  # int32, positions in presentation order
     frame_times: np.ndarray   # float32 seconds from the first frame
@@ -45,7 +43,7 @@ class ClipFailure:
     detail: str
 
 
-def process_clip(task: ClipTask, short_side: Optional[int] = video_lib.DEFAULT_SHORT_SIDE) -> ClipFeatures:
+def process_clip(task: ClipTask, short_side: Optional[int] = STORED_SHORT_SIDE) -> ClipFeatures:
     """Raises audio.AudioError / video.VideoError (messages name the file) on bad media."""
     y = audio_lib.load_audio(task.audio_path, start=task.start, end=task.end)
     spec = audio_lib.clip_log_spectrogram(y).astype(SPECTROGRAM_DTYPE)

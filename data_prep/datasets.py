@@ -28,15 +28,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ucmkd_jax.data.spec import DEFAULT_CONFIGS
+from ucmkd_jax.data.stratify import stratified_sample
+
 __all__ = [
     "ClipTask", "Skip", "Index", "RawLayoutError", "SplitListError", "SPLITS",
     "CREMA_D_CLASSES", "RAVDESS_CLASSES", "index_crema_d", "index_ravdess", "index_ave",
-    "index_vggsound", "INDEXERS", "split_by_group", "carve_validation", "authors_split_files",
-    "AUTHORS_SPLIT_COUNTS", "SPEC_VERSION",
+    "index_vggsound", "INDEXERS", "split_by_group", "validation_keys", "authors_split_files",
+    "AUTHORS_SPLIT_COUNTS",
 ]
 
 SPLITS = ("train", "val", "test")
-SPEC_VERSION = "1.1.0"  # version of the stored feature spec (data_prep/builders.py)
 CREMA_D_CLASSES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 RAVDESS_CHANNELS = {"speech": "01", "song": "02"}
@@ -108,12 +110,14 @@ def split_by_group(groups: Sequence[str], seed: int, fractions=(0.7, 0.1, 0.2)) 
     return out
 
 
-def carve_validation(keys: Sequence[str], seed: int, fraction: float = 0.1) -> set:
-    """A seeded ``fraction`` of ``keys`` (by sorted key, so independent of walk order) for val."""
+def validation_keys(keys: Sequence[str], seed: int, fraction: float = 0.1) -> set:
+    """A seeded ``fraction`` of ``keys`` (by sorted key, so independent of walk order) for val:
+    round(fraction * n) of the n distinct keys, not stratified (one stratum, the permutation draw
+    of ``ucmkd_jax.data.stratify``: the splits of earlier preparations come out again)."""
     uniq = sorted(set(keys))
-    n_val = int(round(fraction * len(uniq)))
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    return {uniq[i] for i in order[:n_val]}
+    picked = stratified_sample(np.zeros(len(uniq)), fraction, np.random.default_rng(seed), draw="permutation",
+                               min_per_class=0)
+    return {uniq[i] for i in picked}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,11 +164,11 @@ def _crema_d_authors_assignment(split_dir, seed: int, val_fraction: float) -> Di
             if cid in assign:
                 raise SplitListError(f"{path}: clip {cid} is also in the {assign[cid]} list")
             assign[cid] = split
-    val = carve_validation([c for c, s in assign.items() if s == "train"], seed, val_fraction)
+    val = validation_keys([c for c, s in assign.items() if s == "train"], seed, val_fraction)
     return {c: ("val" if c in val else s) for c, s in assign.items()}
 
 
-def index_crema_d(raw_dir, *, split: str = "speaker", seed: int = 0, split_dir=None,
+def index_crema_d(raw_dir, *, split: str = DEFAULT_CONFIGS["crema_d"], seed: int = 0, split_dir=None,
                   val_fraction: float = 0.1) -> Index:
     """CREMA-D clips that have both a .wav and a .flv.
 
@@ -225,7 +229,7 @@ RAVDESS_LAYOUT = ("  RAW/Actor_01/01-01-01-01-01-01-01.mp4 ... (Video_Speech_Act
 _RAVDESS_NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 
 
-def index_ravdess(raw_dir, *, channel: str = "speech", seed: int = 0) -> Index:
+def index_ravdess(raw_dir, *, channel: str = DEFAULT_CONFIGS["ravdess"], seed: int = 0) -> Index:
     """RAVDESS audio-video clips (modality 01), split by actor 70/10/20 (seeded); no official split."""
     raw = Path(raw_dir)
     _require_dir(raw, "ravdess", RAVDESS_LAYOUT)
@@ -418,7 +422,7 @@ def index_vggsound(raw_dir, *, classes=None, seed: int = 0, val_fraction: float 
             continue
         tasks.append(ClipTask(key=key, clip_id=key, label=label, split=split, audio_path=str(path),
                               video_path=str(path), min_frames=min_frames))
-    val = carve_validation([t.key for t in tasks if t.split == "train"], seed, val_fraction)
+    val = validation_keys([t.key for t in tasks if t.split == "train"], seed, val_fraction)
     tasks = [dataclasses.replace(t, split="val") if t.key in val else t for t in tasks]
     notes = {"classes": len(class_names), "excluded_by_class_subset": excluded, "seed": seed}
     return Index("vggsound", class_names, tasks, skipped, notes)

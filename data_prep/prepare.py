@@ -5,7 +5,8 @@
     python data_prep/prepare.py --dataset ave --raw-dir RAW --out-dir OUT
     python data_prep/prepare.py --dataset vggsound --raw-dir RAW --out-dir OUT [--classes N|FILE]
 
-Writes ``OUT/<dataset>/<config>/1.0.0/`` (TFRecord shards + dataset_info.json) and
+Writes ``OUT/<dataset>/<config>/<version>/`` (TFRecord shards + dataset_info.json; the version is
+``ucmkd_jax.data.spec.SPEC_VERSION``) and
 ``prep_report.json`` next to them: clips written per split, and every clip or annotation row
 left out with its reason (counts and ids). Exit status: 0 ok; 2 bad arguments or raw layout;
 3 more than ``--max-bad-fraction`` (default 0.05) of the clips were bad (shards are still
@@ -32,12 +33,14 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep import clips as clips_lib  # noqa: E402
 from data_prep import datasets as ds_lib  # noqa: E402
-from data_prep.datasets import SPEC_VERSION  # noqa: E402
+from ucmkd_jax.data import spec  # noqa: E402
 
 __all__ = ["main", "build_index", "config_name", "process_all", "NOT_BAD_REASONS"]
 
@@ -53,15 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="where <dataset>/<config>/<version>/ is written")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="decoding processes (default: cores - 1)")
-    p.add_argument("--split", default="speaker", choices=["speaker", "authors"],
+    p.add_argument("--split", default=spec.DEFAULT_CONFIGS["crema_d"], choices=["speaker", "authors"],
                    help="CREMA-D: speaker = actors held out 70/10/20 (default); authors = the authors' 6698/744 lists")
     p.add_argument("--split-dir", default=None,
                    help="CREMA-D --split authors: directory with crema_d_authors_{train,test}.txt "
                         "(default: ucmkd_jax/data/splits/)")
-    p.add_argument("--channel", default="speech", choices=["speech", "song", "both"], help="RAVDESS vocal channel")
+    p.add_argument("--channel", default=spec.DEFAULT_CONFIGS["ravdess"], choices=["speech", "song", "both"],
+                   help="RAVDESS vocal channel")
     p.add_argument("--classes", default=None, help="VGGSound: N (first N classes, sorted) or a file of class names")
     p.add_argument("--seed", type=int, default=0, help="seed of the split / validation carve-out (default 0)")
-    p.add_argument("--short-side", type=int, default=256,
+    p.add_argument("--short-side", type=int, default=spec.STORED_SHORT_SIDE,
                    help="resize frames so the shorter side has this many pixels; 0 keeps the decoded size")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="exit 3 if more than this fraction of clips is bad (default 0.05)")
@@ -87,9 +91,9 @@ def config_name(args) -> str:
     elif args.dataset == "ravdess":
         name = args.channel
     elif args.dataset == "ave":
-        return "official"
+        return spec.DEFAULT_CONFIGS["ave"]
     elif args.classes is None:
-        name = "all"
+        name = spec.DEFAULT_CONFIGS["vggsound"]
     elif str(args.classes).isdigit():
         name = f"classes{int(args.classes)}"
     else:
@@ -152,9 +156,9 @@ def _report(index, failures, written, config, version_dir, elapsed, max_bad) -> 
     return {
         "dataset": index.dataset,
         "config": config,
-        "version": SPEC_VERSION,
+        "version": spec.SPEC_VERSION,
         "shards": str(version_dir),
-        "spectrogram": {"shape": [257, 1004], "dtype": "float16"},
+        "spectrogram": {"shape": list(spec.SPECTROGRAM_SHAPE), "dtype": np.dtype(spec.SPECTROGRAM_DTYPE).name},
         "num_classes": len(index.class_names),
         "class_names": list(index.class_names),
         "written": written,
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
     config = config_name(args)
     out = Path(args.out_dir)
     config_dir = out / index.dataset / config
-    version_dir = config_dir / SPEC_VERSION
+    version_dir = config_dir / spec.SPEC_VERSION
     if (version_dir / "dataset_info.json").is_file():
         print(f"{version_dir} is already prepared (delete it to rebuild).")
         return 0

@@ -7,8 +7,9 @@ with time >= s is kept (if it falls before ``end``). When that gives fewer than 
 frames (clips shorter than ``min_frames`` seconds), ``min_frames`` frames evenly spaced over the
 window are kept instead; a window with fewer frames than that keeps all of them.
 
-Stored size: the shorter side is resized to ``short_side`` pixels (default 256, aspect kept,
-bilinear with antialiasing), or the decoded size when ``short_side`` is None / 0. JPEG quality 90.
+Stored size: the shorter side is resized to ``short_side`` pixels (default 256, the spec's
+``STORED_SHORT_SIDE``; aspect kept, bilinear with antialiasing), or the decoded size when
+``short_side`` is None / 0. JPEG quality 90.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["VideoError", "frame_times", "select_frames", "extract_frames", "DEFAULT_SHORT_SIDE"]
+from ucmkd_jax.data.spec import STORED_SHORT_SIDE
 
-DEFAULT_SHORT_SIDE = 256
+__all__ = ["VideoError", "frame_times", "select_frames", "extract_frames"]
+
 JPEG_QUALITY = 90
 _TIME_TOL = 1e-6
 
@@ -108,7 +110,7 @@ def _resize_short_side(img, short_side: Optional[int]):
 
 
 def extract_frames(path: str | os.PathLike, *, start: float = 0.0, end: Optional[float] = None,
-                   min_frames: int = 3, short_side: Optional[int] = DEFAULT_SHORT_SIDE):
+                   min_frames: int = 3, short_side: Optional[int] = STORED_SHORT_SIDE):
     """Decode ``path`` and return ``(jpegs, indices, times)`` of the kept frames.
 
     jpegs: list of JPEG bytes; indices: positions in presentation order; times: seconds from the

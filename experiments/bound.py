@@ -6,10 +6,12 @@ student's actual test cross-entropy, for teacher/student pairs trained here.
     python experiments/bound.py --seeds 1 --epochs 2 --teacher-epochs 2 --out /tmp/bound_demo --no-progress
     python experiments/bound.py --dataset crema_d --data-dir DIR --direction both --seeds 5
 
-For every direction, seed and method (--methods, default ce,feature_kd,ucmkd), it pre-trains (or
-restores: OUT/teachers/<direction>/<key>, or --teacher-cache, shared with run.py) the teacher, trains the student as experiments/run.py does
-(same --subsample and --unpaired data, no per-epoch checkpoints), extracts test features (test
-splits stay whole) and evaluates (ucmkd_jax/bound.py has the maths and the proofs):
+For every direction, seed and method (--methods, default ce,feature_kd,ucmkd), it runs the same
+protocol as experiments/run.py (ucmkd_jax.experiment.run_experiment: the teacher pre-trained or
+restored from OUT/teachers/<direction>/<key> or --teacher-cache, the same --subsample and
+--unpaired data, per-epoch student checkpoints under OUT/checkpoints), then, in its hook on each
+finished student, extracts test features (test splits stay whole) and evaluates
+(ucmkd_jax/bound.py has the maths and the proofs):
 
   err_T   the teacher's test cross-entropy on its own modality.
   FA_e    tau * W_delta(student test features, teacher test features), Eq. 10, the smaller of
@@ -41,11 +43,11 @@ already in bound.json. Other flags: experiments/run.py's (--lambda-fa, --epochs,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,17 +55,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import run as run_cli  # noqa: E402
-from ucmkd_jax import bound  # noqa: E402
+from ucmkd_jax import bound, results  # noqa: E402
 from ucmkd_jax.config import to_dict  # noqa: E402
-from ucmkd_jax.data import ModalityData, eval_batches, load_dataset, roles  # noqa: E402
-from ucmkd_jax.data.regimes import distillation_pools, subsample  # noqa: E402
-from ucmkd_jax.experiment import (build_models, check_methods, expand_directions, pretrain_teacher,  # noqa: E402
-                                  teacher_cache_dir)
-from ucmkd_jax.methods.base import get_method  # noqa: E402
-from ucmkd_jax.train import evaluate, fit, make_evaluator  # noqa: E402
+from ucmkd_jax.data import eval_batches, load_dataset, roles  # noqa: E402
+from ucmkd_jax.experiment import expand_directions, run_experiment  # noqa: E402
+from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
 
 DEFAULT_METHODS = "ce,feature_kd,ucmkd"
-DIRECTION_NAMES = {"a2v": "A→V", "v2a": "V→A"}
 TERMS = ("err_t", "fa_e", "la_e", "w_concentration", "la_generalisation", "bound_thm26", "bound_thm27",
          "student_ce", "student_test_acc", "tau", "w")
 
@@ -81,16 +79,18 @@ def parse_args(argv=None):
     if "-h" in argv or "--help" in argv:
         p.print_help()
         print("\nAll other flags are experiments/run.py's:\n")
-        run_cli.parse_args(["--help"])
+        run_cli.parse(["--help"])
     args, rest = p.parse_known_args(argv)
     if not 0.0 < args.delta < 1.0 / 3.0:
         p.error(f"--delta must be in (0, 1/3), got {args.delta}")
     if args.vc_dim != "head" and not (args.vc_dim.isdigit() and int(args.vc_dim) > 0):
         p.error(f'--vc-dim must be "head" or a positive integer, got {args.vc_dim!r}')
-    run_args = run_cli.parse_args(rest)
-    if run_args.dataset == "arrays":
+    run_args, cfg = run_cli.parse(rest)
+    if cfg.dataset == "arrays":
         p.error("bound.py runs registered datasets (not --dataset arrays)")
-    return args, run_args
+    if "methods" not in run_cli.given_paths(run_args):
+        cfg = dataclasses.replace(cfg, methods=tuple(DEFAULT_METHODS.split(",")))
+    return args, run_args, cfg
 
 
 def make_featurizer(model):
@@ -120,17 +120,6 @@ def _mean_ce(logits, y):
 
 def _count(params):
     return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
-
-
-def _comparable(cfg_dict):
-    return {k: v for k, v in cfg_dict.items() if k not in ("methods", "seeds", "first_seed", "direction")}
-
-
-def _atomic_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _flat(record):
@@ -165,7 +154,7 @@ def table(summary, dataset) -> str:
              "| Thm 2.7 bound (computable part) | actual student CE | gap 2.6 | student acc (%) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        lines.append(f"| {DIRECTION_NAMES.get(r['direction'], r['direction'])} | {r['method']} | {r['n']} | "
+        lines.append(f"| {results.DIRECTION_NAMES.get(r['direction'], r['direction'])} | {r['method']} | {r['n']} | "
                      f"{r['err_t']:.3f} | {r['tau']:.3f} | {r['w']:.3f} | {r['fa_e']:.3f} | {r['la_e']:.3f} | "
                      f"{r['bound_thm26']:.3f} | {r['w_concentration']:.3f} | {r['la_generalisation']:.3f} | "
                      f"{r['bound_thm27']:.3f} | {r['student_ce']:.3f} | {r['gap_thm26']:.3f} | "
@@ -202,7 +191,7 @@ def plot(path, summary, dataset):
             ax.text(i + 0.2, r["student_ce"], f"{r['student_ce']:.2f}", ha="center", va="bottom", fontsize=8)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_xticks(x, [f"{r['method']}\n(n={r['n']})" for r in rows])
-        ax.set(title=f"{dataset} {DIRECTION_NAMES.get(d, d)}: bound vs actual (test)", ylabel="cross-entropy (nats)")
+        ax.set(title=f"{dataset} {results.DIRECTION_NAMES.get(d, d)}: bound vs actual (test)", ylabel="cross-entropy (nats)")
         ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.text(0.01, 0.01, "left bar: Thm 2.6 terms stacked (black line = Thm 2.6 bound), hatched = Thm 2.7 "
@@ -215,12 +204,8 @@ def plot(path, summary, dataset):
 def main(argv=None, dataset=None):
     """Run it. ``dataset``: a ``CrossModalDataset`` to use instead of loading --dataset. Returns
     the bound.json content."""
-    args, run_args = parse_args(argv)
-    if run_args.methods is None:
-        run_args.methods = DEFAULT_METHODS
-    cfg = run_cli.resolve_config(run_args)
-    for m in cfg.methods:
-        get_method(m)  # unknown names fail here, before any work
+    args, run_args, cfg = parse_args(argv)
+    maybe_initialize_distributed()  # a multi-host job: every host trains, process 0 writes
     out = run_args.out or os.path.join("runs", f"{cfg.dataset}_bound")
     os.makedirs(out, exist_ok=True)
     cfg_dict = to_dict(cfg)
@@ -247,92 +232,74 @@ def main(argv=None, dataset=None):
     if os.path.exists(path) and not run_args.fresh:
         with open(path) as f:
             old = json.load(f)
-        if _comparable(old["config"]) != _comparable(cfg_dict) or old["settings"] != settings:
-            sys.exit(f"error: {out} holds bound results of a different configuration (see {path}); "
-                     f"use another --out, or --fresh to discard them")
+        results.check_resumable(dict(old["config"], bound=old["settings"]), dict(cfg_dict, bound=settings), out,
+                                path, "bound results")
         state["records"] = old["records"]
         print(f"resuming: {len(state['records'])} finished run(s) found in {path}")
     done = {(r["direction"], r["method"], r["seed"]) for r in state["records"]}
     directions = expand_directions(cfg.direction)
     seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
-    progress = not run_args.no_progress
-    compiled = {}
     if any((d, m, s) not in done for d in directions for m in cfg.methods for s in seeds):
         # in memory (no streaming): the bound's pools and test features are arrays
         dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir,
                                                                    image_size=cfg.image_size)
-        check_methods(cfg, dataset.paired, dataset.name)
-    for direction in directions:
-        if all((direction, m, s) in done for m in cfg.methods for s in seeds):
-            continue
-        t_data, s_data = roles(dataset, direction)
-        if t_data.test is None or s_data.test is None:
-            raise ValueError(f"{dataset.name} {direction}: the bound is evaluated on test splits, and one is missing")
-        teacher, student = build_models(cfg, t_data, s_data, dataset.num_classes)
-        t_feat, s_feat = make_featurizer(teacher), make_featurizer(student)
+        for direction in directions:
+            t_data, s_data = roles(dataset, direction)
+            if t_data.test is None or s_data.test is None:
+                raise ValueError(f"{dataset.name} {direction}: the bound is evaluated on test splits, and one is "
+                                 f"missing")
+        featurizers, teacher_terms = {}, {}
         bs = cfg.train.eval_batch_size
-        for seed in seeds:
-            todo = [m for m in cfg.methods if (direction, m, seed) not in done]
-            if not todo:
-                continue
-            # the data of run_experiment: subsampled train splits, the regime's distillation pools
-            t_seed, s_seed, _ = subsample(t_data, s_data, cfg.subsample, seed, dataset.paired)
-            cache = teacher_cache_dir(run_args.teacher_cache or os.path.join(out, "teachers"), cfg, dataset.name,
-                                      direction, teacher, t_seed)
-            t_vars, t_info = pretrain_teacher(cfg, teacher, t_seed, seed, cache, progress,
-                                              desc=f"teacher {t_data.modality} seed {seed}", compiled=compiled)
-            t_pool, s_pool, _ = distillation_pools(t_seed.train, s_seed.train, cfg.unpaired, seed, dataset.paired,
-                                                   noise=cfg.regime_noise, imbalance=cfg.regime_imbalance)
-            s_run = ModalityData(s_seed.modality, s_pool, s_seed.val, s_seed.test)
-            z_t, t_logits = features(t_feat, t_vars, t_data.test, bs)
-            err_t = _mean_ce(t_logits, t_data.test.y)
-            head = t_vars["params"]["head"]
-            for method in todo:
-                spec = get_method(method)
-                start = time.time()
-                result = fit(student, student.init(jax.random.PRNGKey(seed)), s_run.train, s_run.val,
-                             method=method, method_config=cfg.method, optim=cfg.optim, train_config=cfg.train,
-                             teacher=teacher if spec.uses_teacher else None,
-                             teacher_variables=t_vars if spec.uses_teacher else None,
-                             teacher_train=t_pool if spec.uses_teacher else None,
-                             pairing=cfg.pairing, seed=seed, desc=f"{method} {direction} seed {seed}",
-                             progress=progress, compiled=compiled)
-                ev = compiled.setdefault(("evaluator", id(student)), make_evaluator(student))
-                test = evaluate(student, result.variables, s_data.test, bs, ev)
-                z_s, s_logits = features(s_feat, result.variables, s_data.test, bs)
-                sp = result.variables["params"]
-                vc_dims = {"head": (z_s.shape[1] + 1) * dataset.num_classes, "student_params": _count(sp)}
-                if args.vc_dim != "head":
-                    vc_dims = {"given": int(args.vc_dim), **vc_dims}
-                terms = bound.bound_terms(
-                    teacher_kernel=np.asarray(head["kernel"]), teacher_bias=np.asarray(head["bias"]),
-                    z_s=z_s, y_s=s_data.test.y, student_logits=s_logits, z_t=z_t, err_t=err_t,
-                    delta=args.delta, vc_dims=vc_dims, epsilon=args.ot_epsilon,
-                    max_iterations=args.ot_iterations, threshold=args.ot_threshold, seed=seed)
-                record = {"dataset": dataset.name, "direction": direction, "method": method, "seed": seed,
-                          "unpaired": cfg.unpaired, "subsample": cfg.subsample,
-                          "student_test_acc": test["acc"], "student_test_ce": test["ce"],
-                          "student_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
-                          "teacher_test_acc": t_info.get("teacher_test_acc"),
-                          "teacher_test_ce_evaluate": t_info.get("teacher_test_ce"),
-                          "vc_dim_used": next(iter(vc_dims)), **terms,
-                          "gap_thm26": terms["bound_thm26"] - test["ce"],
-                          "wall_s": round(time.time() - start, 2)}
-                if not math.isclose(terms["student_ce"], test["ce"], rel_tol=1e-3, abs_tol=1e-4):
-                    raise AssertionError(f"student CE from features ({terms['student_ce']}) != evaluate ({test['ce']})")
-                state["records"].append(record)
-                _atomic_json(path, state)
-                print(f"{direction} {method} seed {seed}: err_T {err_t:.3f} + FA_e {terms['fa_e']:.3f} "
-                      f"+ LA_e {terms['la_e']:.3f} = {terms['bound_thm26']:.3f} >= actual CE {test['ce']:.3f}?"
-                      f" {terms['bound_thm26'] >= test['ce']}")
+
+        def on_run(run):
+            """The bound terms of one finished student (``run_experiment``'s hook)."""
+            data, r = run.seed_data, run.record
+            for model in (data.teacher_model, run.student):
+                featurizers.setdefault(model, make_featurizer(model))
+            key = (data.direction, data.seed)
+            if key not in teacher_terms:  # the teacher's test features, once per seed
+                z_t, t_logits = features(featurizers[data.teacher_model], data.teacher_variables, data.teacher.test,
+                                         bs)
+                teacher_terms[key] = (z_t, _mean_ce(t_logits, data.teacher.test.y))
+            z_t, err_t = teacher_terms[key]
+            s_test = data.student.test
+            z_s, s_logits = features(featurizers[run.student], run.result.variables, s_test, bs)
+            vc_dims = {"head": (z_s.shape[1] + 1) * dataset.num_classes,
+                       "student_params": _count(run.result.variables["params"])}
+            if args.vc_dim != "head":
+                vc_dims = {"given": int(args.vc_dim), **vc_dims}
+            head = data.teacher_variables["params"]["head"]
+            terms = bound.bound_terms(
+                teacher_kernel=np.asarray(head["kernel"]), teacher_bias=np.asarray(head["bias"]),
+                z_s=z_s, y_s=s_test.y, student_logits=s_logits, z_t=z_t, err_t=err_t,
+                delta=args.delta, vc_dims=vc_dims, epsilon=args.ot_epsilon,
+                max_iterations=args.ot_iterations, threshold=args.ot_threshold, seed=data.seed)
+            record = {"dataset": r["dataset"], "direction": r["direction"], "method": r["method"], "seed": r["seed"],
+                      "unpaired": cfg.unpaired, "subsample": cfg.subsample,
+                      "student_test_acc": r["test_acc"], "student_test_ce": r["test_ce"],
+                      "student_val_acc": r["val_acc"], "best_epoch": r["best_epoch"],
+                      "teacher_test_acc": r["teacher_test_acc"],
+                      "teacher_test_ce_evaluate": data.teacher_info.get("teacher_test_ce"),
+                      "vc_dim_used": next(iter(vc_dims)), **terms,
+                      "gap_thm26": terms["bound_thm26"] - r["test_ce"], "wall_s": r["wall_s"]}
+            if not math.isclose(terms["student_ce"], r["test_ce"], rel_tol=1e-3, abs_tol=1e-4):
+                raise AssertionError(f"student CE from features ({terms['student_ce']}) != evaluate ({r['test_ce']})")
+            state["records"].append(record)
+            results.write_json(path, state, indent=1)
+            print(f"{r['direction']} {r['method']} seed {r['seed']}: err_T {err_t:.3f} + FA_e {terms['fa_e']:.3f} "
+                  f"+ LA_e {terms['la_e']:.3f} = {terms['bound_thm26']:.3f} >= actual CE {r['test_ce']:.3f}?"
+                  f" {terms['bound_thm26'] >= r['test_ce']}")
+
+        run_experiment(cfg, dataset, out_dir=out, done=done, on_run=on_run, progress=not run_args.no_progress,
+                       teacher_cache=run_args.teacher_cache)
     wanted = [r for r in state["records"] if r["method"] in cfg.methods and r["direction"] in directions
               and r["seed"] in seeds]
     state["summary"] = summarize(wanted, directions, cfg.methods)
-    _atomic_json(path, state)
+    results.write_json(path, state, indent=1)
     text = table(state["summary"], cfg.dataset)
-    with open(os.path.join(out, "bound.md"), "w") as f:
-        f.write(text + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    plot(os.path.join(out, "bound.png"), state["summary"], cfg.dataset)
+    results.write_text(os.path.join(out, "bound.md"), text + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    if results.is_primary():
+        plot(os.path.join(out, "bound.png"), state["summary"], cfg.dataset)
     print("\n" + text)
     print(f"\nwrote {path}, {os.path.join(out, 'bound.md')}, {os.path.join(out, 'bound.png')}")
     return state

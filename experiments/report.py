@@ -28,11 +28,12 @@ import os
 import sys
 from collections import OrderedDict
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ucmkd_jax.results import DIRECTION_NAMES, format_mean_std  # noqa: E402
 
 DATASET_NAMES = {"ave": "AVE", "ravdess": "RAVDESS", "crema_d": "CREMA-D", "vggsound": "VGGSound",
                  "synthetic": "Synthetic", "arrays": "arrays"}
-DIRECTION_NAMES = {"a2v": "A→V", "v2a": "V→A"}
 ROW_ORDER = ("teacher", "ce", "feature_kd", "vanilla_kd", "c2kd", "dkd", "rkd", "rld", "fitnet", "reviewkd",
              "norm", "sumall", "ucmkd_fa_only", "ucmkd_la_only", "ucmkd")
 REGIME_KEYS = ("unpaired", "subsample", "backbone")
@@ -85,20 +86,6 @@ def load_runs(folders):
             seen[key] = folder
             rows.append((reg, r))
     return rows, notes
-
-
-def mean_std(values) -> tuple:
-    """(mean, sample std or None, n) in % of the non-None fractions; (None, None, 0) if none."""
-    vals = 100.0 * np.asarray([v for v in values if v is not None], float)
-    if len(vals) == 0:
-        return None, None, 0
-    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else None, len(vals)
-
-
-def format_cell(mean, std, n) -> str:
-    if n == 0:
-        return "n/a"
-    return f"{mean:.2f} ± {std:.2f} (n={n})" if std is not None else f"{mean:.2f} (n={n})"
 
 
 def _matches(setting: dict, reg: tuple, method: str) -> bool:
@@ -175,7 +162,7 @@ def tables(rows, metric: str = "test_acc", paper: dict | None = None) -> str:
             line = [_label(key)]
             for col in cols:
                 vals = cells[key].get(col)
-                line.append(format_cell(*mean_std(vals)) if vals else DASH)
+                line.append(format_mean_std(vals, with_n=True) if vals else DASH)
                 if paper is not None:
                     found = paper_value(paper, key[0], col[0], col[1], reg)
                     line.append(found[0] if found else DASH)

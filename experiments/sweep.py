@@ -40,12 +40,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from experiments import run as run_cli  # noqa: E402
-from ucmkd_jax import experiment  # noqa: E402  (run_experiment is looked up at call time)
+from ucmkd_jax import experiment, results  # noqa: E402  (run_experiment is looked up at call time)
 from ucmkd_jax.config import to_dict  # noqa: E402
 from ucmkd_jax.data import load_dataset  # noqa: E402
+from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
 
 DEFAULT_LAMBDAS = "0.2,0.4,0.6,0.8,1.0"
-DIRECTION_NAMES = {"a2v": "A→V", "v2a": "V→A"}
 
 
 def _lambdas(text: str):
@@ -59,7 +59,7 @@ def _lambdas(text: str):
 
 
 def parse_args(argv=None):
-    """(sweep args, experiments/run.py args)."""
+    """(sweep args, experiments/run.py args, the resolved config)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 add_help=False)
@@ -70,14 +70,15 @@ def parse_args(argv=None):
     if "-h" in argv or "--help" in argv:
         p.print_help()
         print("\nAll other flags are experiments/run.py's:\n")
-        run_cli.parse_args(["--help"])  # prints and exits
+        run_cli.parse(["--help"])  # prints and exits
     args, rest = p.parse_known_args(argv)
-    run_args = run_cli.parse_args(rest)
-    if run_args.lambda_fa is not None or run_args.lambda_la is not None:
-        p.error("--lambda-fa / --lambda-la are set by the grid: use --lambdas-fa / --lambdas-la")
-    if run_args.dataset == "arrays":
+    run_args, cfg = run_cli.parse(rest)
+    if {"method.lambda_fa", "method.lambda_la"} & set(run_cli.given_paths(run_args)):
+        p.error("--lambda-fa / --lambda-la (method.lambda_fa / method.lambda_la) are set by the grid: use "
+                "--lambdas-fa / --lambdas-la")
+    if cfg.dataset == "arrays":
         p.error("the sweep runs registered datasets (--dataset arrays: use experiments/run.py per cell)")
-    return args, run_args
+    return args, run_args, cfg
 
 
 def cell_key(lambda_fa: float, lambda_la: float) -> str:
@@ -97,25 +98,10 @@ def _cell_dir(out: str, lambda_fa: float, lambda_la: float) -> str:
     return cell
 
 
-def _comparable(cfg_dict):
-    # The grid, seeds and directions may grow between reruns; everything else must match.
-    d = {k: v for k, v in cfg_dict.items() if k not in ("seeds", "first_seed", "direction", "sweep")}
-    d["method"] = {k: v for k, v in d["method"].items() if k not in ("lambda_fa", "lambda_la")}
-    return d
-
-
-def _atomic_json(path, obj, indent=1):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
-
-
-def _stats(values):
-    vals = [100.0 * v for v in values if v is not None]
-    if not vals:
-        return None, None, 0
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None, len(vals)
+# The grid, seeds and directions may grow between reruns; everything else (the method too: a
+# cell's records are keyed by direction and seed) must match.
+_SWEPT = ("sweep", "method.lambda_fa", "method.lambda_la")
+_GROWABLE = ("seeds", "first_seed", "direction")
 
 
 def summarize_cell(cell: dict, seeds) -> dict:
@@ -123,7 +109,7 @@ def summarize_cell(cell: dict, seeds) -> dict:
     recs = [cell["seeds"][str(s)] for s in seeds if str(s) in cell["seeds"]]
     out = {}
     for metric in ("test_acc", "val_acc"):
-        m, s, n = _stats([r.get(metric) for r in recs])
+        m, s, n = results.mean_std([r.get(metric) for r in recs])
         out.update({f"{metric}_mean": m, f"{metric}_std": s, f"{metric}_n": n})
     return out
 
@@ -189,11 +175,11 @@ def plot_heatmap(path, matrix, lambdas_fa, lambdas_la, title, n_seeds):
 def main(argv=None, dataset=None):
     """Run the sweep. ``dataset``: a ``CrossModalDataset`` to use instead of loading --dataset
     (Python use). Returns the sweep.json content."""
-    args, run_args = parse_args(argv)
-    cfg = run_cli.resolve_config(run_args)
-    methods = tuple(cfg.methods) if run_args.methods else ("ucmkd",)
+    args, run_args, cfg = parse_args(argv)
+    methods = tuple(cfg.methods) if "methods" in run_cli.given_paths(run_args) else ("ucmkd",)
     if len(methods) != 1:
         sys.exit(f"error: the sweep trains one method, got --methods {','.join(methods)}")
+    maybe_initialize_distributed()  # a multi-host job: every host runs the grid, process 0 writes
     method = methods[0]
     cfg = dataclasses.replace(cfg, methods=(method,))
     out = run_args.out or os.path.join("runs", f"{cfg.dataset}_sweep")
@@ -206,9 +192,8 @@ def main(argv=None, dataset=None):
     if os.path.exists(sweep_path) and not run_args.fresh:
         with open(sweep_path) as f:
             old = json.load(f)
-        if _comparable(old["config"]) != _comparable(cfg_dict):
-            sys.exit(f"error: {out} holds a sweep of a different configuration (see {sweep_path}); "
-                     f"use another --out, or --fresh to discard it")
+        results.check_resumable(old["config"], cfg_dict, out, sweep_path, "a sweep", also=_SWEPT,
+                                growable=_GROWABLE)
         state["grid"] = old["grid"]
         n = sum(len(c["seeds"]) for d in old["grid"].values() for c in d.values())
         print(f"resuming: {n} finished run(s) found in {sweep_path}")
@@ -218,12 +203,11 @@ def main(argv=None, dataset=None):
     seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
 
     def save():
-        _atomic_json(sweep_path, state)
+        results.write_json(sweep_path, state, indent=1)
         records = [r for d in grid.values() for c in d.values() for r in c["seeds"].values()]
-        _atomic_json(os.path.join(out, "results.json"), records, indent=2)
+        results.write_json(os.path.join(out, "results.json"), records)
 
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg_dict, f, indent=2)
+    results.write_json(os.path.join(out, "config.json"), cfg_dict)
     todo = [(a, b) for a in args.lambdas_fa for b in args.lambdas_la
             if any(str(s) not in grid.get(d, {}).get(cell_key(a, b), {}).get("seeds", {})
                    for d in directions for s in seeds)]
@@ -239,20 +223,18 @@ def main(argv=None, dataset=None):
         done = {(d, method, s) for d in directions for s in seeds
                 if str(s) in grid.get(d, {}).get(key, {}).get("seeds", {})}
 
-        def on_record(record, history, a=a, b=b, key=key):
-            record = dict(record, lambda_fa=a, lambda_la=b)
+        def on_run(run, a=a, b=b, key=key):
+            record = dict(run.record, lambda_fa=a, lambda_la=b)
             cell = grid.setdefault(record["direction"], {}).setdefault(
                 key, {"lambda_fa": a, "lambda_la": b, "seeds": {}})
             cell["seeds"][str(record["seed"])] = record
             cell.update(summarize_cell(cell, seeds))
             name = f"{record['direction']}_{method}_fa{a:g}_la{b:g}_seed{record['seed']}.json"
-            with open(os.path.join(out, "history", name), "w") as f:
-                json.dump(history, f, indent=1)
+            results.write_json(os.path.join(out, "history", name), run.history, indent=1)
             save()
 
-        shared = {"teacher_cache": run_args.teacher_cache} if getattr(run_args, "teacher_cache", None) else {}
-        experiment.run_experiment(cell_cfg, dataset, out_dir=_cell_dir(out, a, b), done=done,
-                                  on_record=on_record, progress=not run_args.no_progress, **shared)
+        experiment.run_experiment(cell_cfg, dataset, out_dir=_cell_dir(out, a, b), done=done, on_run=on_run,
+                                  progress=not run_args.no_progress, teacher_cache=run_args.teacher_cache)
     for d in grid.values():  # summaries over the seeds asked for now
         for cell in d.values():
             cell.update(summarize_cell(cell, seeds))
@@ -260,17 +242,18 @@ def main(argv=None, dataset=None):
     texts = []
     for d in directions:
         cells = grid.get(d, {})
-        title = f"{method} on {cfg.dataset} {DIRECTION_NAMES.get(d, d)}: student test accuracy (%)"
-        texts.append(grid_table(cells, args.lambdas_fa, args.lambdas_la, title))
-        plot_heatmap(os.path.join(out, f"heatmap_{d}.png"), grid_matrix(cells, args.lambdas_fa, args.lambdas_la),
-                     args.lambdas_fa, args.lambdas_la, f"{method}, {cfg.dataset} {DIRECTION_NAMES.get(d, d)}",
-                     cfg.seeds)
+        name = f"{cfg.dataset} {results.DIRECTION_NAMES.get(d, d)}"
+        texts.append(grid_table(cells, args.lambdas_fa, args.lambdas_la,
+                                f"{method} on {name}: student test accuracy (%)"))
+        if results.is_primary():
+            plot_heatmap(os.path.join(out, f"heatmap_{d}.png"),
+                         grid_matrix(cells, args.lambdas_fa, args.lambdas_la),
+                         args.lambdas_fa, args.lambdas_la, f"{method}, {name}", cfg.seeds)
     text = (f"# λ sweep: {method} on {cfg.dataset} (regime {cfg.unpaired}, subsample {cfg.subsample:g}, "
             f"{cfg.train.epochs} epochs, {cfg.seeds} seed(s))\n\n"
             "Rows λ_FA (λ1, inner feature alignment), columns λ_LA (λ2, inner label alignment); "
             "mean ± sample std over seeds.\n\n" + "\n\n".join(texts) + "\n")
-    with open(os.path.join(out, "sweep.md"), "w") as f:
-        f.write(text)
+    results.write_text(os.path.join(out, "sweep.md"), text)
     print("\n" + text)
     print(f"wrote {sweep_path}, {os.path.join(out, 'sweep.md')}, "
           + ", ".join(os.path.join(out, f"heatmap_{d}.png") for d in directions))

@@ -3,7 +3,6 @@
 The two pairs are those of tests/experiments/test_run_arrays.py (same arrays, same settings), so
 with XLA's persistent cache shared through the session's temporary folder, their steps are
 compiled once for both files."""
-import dataclasses
 import textwrap
 
 import jax
@@ -12,7 +11,8 @@ import pytest
 
 import ucmkd_jax
 from ucmkd_jax import api
-from ucmkd_jax.data.arrays import make_arrays_dataset, toy_arrays
+from ucmkd_jax.models import build_model
+from ucmkd_jax.data.arrays import toy_arrays
 
 # Keep in step with tests/experiments/test_run_arrays.py.
 FORMS = {
@@ -117,7 +117,7 @@ def test_docstring_example_runs():
 
 
 def _teacher(k=3, shape=(12,)):
-    model = api.build_array_model("vector", shape, k, width=2, latent_dim=16, name="teacher")
+    model = build_model("vector", shape, k, width=2, latent_dim=16, name="teacher")
     return api.Trained(model, {"params": {}, "batch_stats": {}})  # never applied: checks come first
 
 
@@ -149,40 +149,3 @@ def test_a_distilled_result_is_not_a_teacher():
     fake = api.Distilled(student=_teacher(), teacher=None, metrics={}, history=[])
     with pytest.raises(TypeError, match="pass a Trained, e.g. result.student"):
         ucmkd_jax.distill(teacher=fake, teacher_data=data("vector"), student_data=data("vector"), log=None)
-
-
-# ------------------------------------------------------------------------------ models from shapes
-@pytest.mark.parametrize("kind,shape,backbone,stem", [
-    ("image", (8, 8, 1), "resnet18", "small"), ("image", (32, 32, 3), "resnet18", "small"),
-    ("image", (64, 80, 1), "resnet18", "imagenet"), ("image", (63, 200, 3), "resnet18", "small"),
-    ("video", (2, 8, 8, 3), "resnet18", "small"), ("video", (4, 112, 112, 3), "resnet18", "imagenet"),
-])
-def test_default_encoder_and_stem_from_the_shape(kind, shape, backbone, stem):
-    model = api.build_array_model(kind, shape, 5, width=64)
-    info = api.describe_model(model)
-    assert (info["backbone"], info["stem"], info["latent_dim"], info["projection"]) == (backbone, stem, 512, False)
-
-
-def test_latent_projection_and_mlp():
-    r50 = api.build_array_model("image", (64, 64, 3), 5, backbone="resnet50", width=2, latent_dim=512)
-    assert isinstance(r50.encoder, api.ProjectedEncoder) and r50.encoder.trunk.out_dim == 64 and r50.latent_dim == 512
-    variables = jax.eval_shape(r50.init, jax.random.PRNGKey(0))  # shapes only: nothing compiled
-    assert variables["params"]["encoder"]["projection"]["kernel"].shape == (64, 512)
-    assert variables["params"]["head"]["kernel"].shape == (512, 5)
-    mlp = api.build_array_model("vector", (7,), 5, width=4, latent_dim=24, mlp_depth=3)
-    assert api.describe_model(mlp) == {"kind": "vector", "sample_shape": [7], "latent_dim": 24, "projection": False,
-                                       "backbone": "mlp", "hidden": 16, "depth": 3}
-    assert api.build_array_model("image", (8, 8, 1), 5, backbone="auto", resnet="resnet34",
-                                 width=64).encoder.stage_sizes == (3, 4, 6, 3)
-
-
-def test_build_array_models_per_side():
-    ds = make_arrays_dataset(data("frames"), data("vector"), log=None)
-    teacher, student = api.build_array_models(ds, width=2, latent_dim=16)
-    assert (teacher.modality, teacher.name, teacher.latent_dim) == ("video", "teacher", 16)
-    assert (student.modality, student.name, student.latent_dim) == ("vector", "student", 16)
-    alone = make_arrays_dataset(None, data("vector"), log=None)
-    assert api.build_array_models(alone, width=2)[0] is None
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        api.build_array_model("vector", (3,), 2, dtype="float16")
-    assert dataclasses.is_dataclass(api.arrays_config()) and api.arrays_config().direction == "teacher2student"

@@ -10,7 +10,7 @@ from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data import Split, make_synthetic
 from ucmkd_jax.models import build_model
 from ucmkd_jax.optim import OptimConfig
-from ucmkd_jax.train import NonFiniteLossError, evaluate, fit
+from ucmkd_jax.train import StepCache, NonFiniteLossError, evaluate, fit
 
 TC = TrainConfig(epochs=2, teacher_epochs=2, batch_size=16, eval_batch_size=32, log_every=2)
 
@@ -45,7 +45,7 @@ def test_labels_out_of_range_are_named(small):
     ds, audio, video, teacher, student, tv, sv = small
     bad = Split(video.train.x, video.train.y.copy())
     bad.y[5] = 6
-    with pytest.raises(ValueError, match=r"student train: label 6 at index 5 is outside \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"student train: y has label 6 at index 5, outside 0\.\.5 \(K = 6\)"):
         fit(student, sv, bad, video.val, train_config=TC, progress=False)
 
 
@@ -59,7 +59,8 @@ def test_nan_inputs_are_named(small):
     ds, audio, video, teacher, student, tv, sv = small
     x = video.train.x.copy()
     x[3, 0, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="student train: input 3 contains NaN"):
+    with pytest.raises(ValueError, match=r"student train: x has NaN or infinite values in 1 sample\(s\), the first at "
+                                         r"index 3"):
         fit(student, sv, Split(x, video.train.y), video.val, train_config=TC, progress=False)
 
 
@@ -87,9 +88,9 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(small, tmp_path):
 
     ds, audio, video, teacher, student, tv, sv = small
     tc = dataclasses.replace(TC, epochs=3)
-    compiled = {}
+    cache = StepCache()
     kw = dict(method="feature_kd", teacher=teacher, teacher_variables=tv, teacher_train=audio.train,
-              train_config=tc, progress=False, compiled=compiled, seed=3)
+              train_config=tc, progress=False, cache=cache, seed=3)
     whole = fit(student, sv, video.train, video.val, **kw)
 
     def stop_after_two(record, history):
@@ -114,11 +115,11 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused_by_name(small, tmp_path
 
     ds, audio, video, teacher, student, tv, sv = small
     tc = dataclasses.replace(TC, epochs=1)
-    compiled = {}
-    fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, compiled=compiled,
+    cache = StepCache()
+    fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, cache=cache,
         checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 1}))
     with pytest.raises(CheckpointError, match=r"t/latest/1 was written by a different run \(differs in: lr\)"):
-        fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, compiled=compiled,
+        fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, cache=cache,
             checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 2}))
     for root, _, files in os.walk(tmp_path / "t" / "latest"):  # truncate every stored array file
         for name in files:
@@ -126,5 +127,5 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused_by_name(small, tmp_path
                 with open(os.path.join(root, name), "r+b") as f:
                     f.truncate(3)
     with pytest.raises(CheckpointError, match=r"checkpoint .*t/latest/1 is corrupt"):
-        fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, compiled=compiled,
+        fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, cache=cache,
             checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 1}))

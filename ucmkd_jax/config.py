@@ -7,39 +7,88 @@ Run commands, one per preset:
     python experiments/run.py --dataset ravdess --data-dir DIR
     python experiments/run.py --dataset ave --data-dir DIR
     python experiments/run.py --dataset vggsound --data-dir DIR
+    python experiments/run.py --dataset arrays --teacher-data T.npz --student-data S.npz
 
-Every field can be overridden from the command line; the resolved config is written next to
-the results (``config.json``).
+Every field can be overridden from the command line, by its dotted path
+(``--set method.fa.epsilon=0.05``, ``ucmkd_jax.overrides``) or by a short alias for the common
+ones (``--epsilon 0.05``); ``python experiments/run.py --list-config`` prints every path with its
+type and value. Values are checked where the config is made (``__post_init__``), so Python use
+gets the same checks. The resolved config is written next to the results (``config.json``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Tuple
+from typing import Literal, Optional, Tuple
 
-from ucmkd_jax.losses.feature_alignment import FAConfig
-from ucmkd_jax.methods.base import MethodConfig
+from ucmkd_jax.methods.baselines import BaselineConfig
 from ucmkd_jax.optim import OptimConfig
+from ucmkd_jax.overrides import ConfigError, choice_field, validate
 
-__all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset", "to_dict"]
+__all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset", "to_dict", "ARRAYS_DIRECTION",
+           "DIRECTIONS"]
+
+ARRAYS_DIRECTION = "teacher2student"  # --dataset arrays: the two .npz files say who teaches
+DIRECTIONS = ("a2v", "v2a", "both", ARRAYS_DIRECTION)
+
+
+def _backbones(auto: bool):
+    def choices():
+        from ucmkd_jax.models.build import BACKBONES
+        return (("auto",) if auto else ()) + tuple(BACKBONES)
+    return choices
+
+
+def _methods():
+    from ucmkd_jax.methods import METHODS
+    return tuple(METHODS)
+
+
+def _datasets():
+    from ucmkd_jax.data import DATASETS
+    return tuple(DATASETS) + ("arrays",)
+
+
+def _regimes():
+    from ucmkd_jax.data.regimes import REGIMES
+    return REGIMES
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Backbone of both teacher and student (they share the latent size)."""
+    """The encoders of the teacher and the student (``ucmkd_jax.models.build_model``).
 
-    backbone: str = "resnet18"
+    backbone: the encoder of image-like inputs on both sides (ResNet-18 in the paper);
+      ``teacher_backbone`` / ``student_backbone`` override it per side ("auto": ``backbone``,
+      or an MLP for (N, D) vectors).
+    width: first-stage ResNet channels (64 = the paper; MLP hidden = 4 * width).
+    stem: "auto" (small 3x3 stem below 64 px), "imagenet" or "small".
+    dtype: compute dtype (parameters stay float32).
+    latent_dim: the latent size both sides share (None: the encoders' own, 8 * width for
+      ResNet-18); a side whose encoder ends elsewhere gets a linear projection.
+    mlp_depth: layers of the MLP encoder of vectors.
+    """
+
+    backbone: str = choice_field("resnet18", _backbones(auto=False))
+    teacher_backbone: str = choice_field("auto", _backbones(auto=True))
+    student_backbone: str = choice_field("auto", _backbones(auto=True))
     width: int = 64
-    stem: str = "auto"
-    dtype: str = "float32"
+    stem: Literal["auto", "imagenet", "small"] = "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    latent_dim: Optional[int] = None
+    mlp_depth: int = 2
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """epochs: student epochs; teacher_epochs: teacher pre-training epochs (CE on its own
-    modality); eval_batch_size: evaluation batch (padded, so one compiled shape);
-    data_parallel: with more than one device, shard every batch over all of them
-    (``ucmkd_jax.parallel``; batch sizes must divide by the device count)."""
+    modality); eval_batch_size: evaluation batch (padded, so one compiled shape); log_every:
+    steps between progress-bar updates (each a small host sync); data_parallel: with more than
+    one device, shard every batch over all of them (``ucmkd_jax.parallel``; batch sizes must
+    divide by the device count)."""
 
     epochs: int = 100
     teacher_epochs: int = 100
@@ -53,6 +102,11 @@ class TrainConfig:
 class ExperimentConfig:
     """One experiment: a dataset, a direction, methods x seeds.
 
+    dataset: a registered dataset (``ucmkd_jax.data.DATASETS``) or "arrays" (two ``.npz`` files,
+      ``teacher_data`` and ``student_data``, labels 0..K-1 on both; ``num_classes`` K when a
+      class is absent from one side).
+    data_dir: prepared TFRecord shards (real datasets).
+    direction: "a2v" (audio teacher, video student), "v2a", "both"; "teacher2student" for arrays.
     unpaired: the data regime of distillation (``ucmkd_jax.data.regimes``): "easy" (independent
       teacher stream over the same pool: the paper's main setting), "medium" (disjoint pools),
       "hard" (disjoint pools + teacher-side noise and label imbalance; ``regime_noise``,
@@ -64,13 +118,16 @@ class ExperimentConfig:
     Model selection always uses the validation split; test is reported apart.
     """
 
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    direction: str = "a2v"
-    methods: Tuple[str, ...] = ("ce", "feature_kd", "ucmkd")
+    dataset: str = choice_field("synthetic", _datasets)
+    data_dir: Optional[str] = None
+    teacher_data: Optional[str] = None
+    student_data: Optional[str] = None
+    num_classes: Optional[int] = None
+    direction: str = choice_field("a2v", lambda: DIRECTIONS)
+    methods: Tuple[str, ...] = choice_field(("ce", "feature_kd", "ucmkd"), _methods)
     seeds: int = 5
     first_seed: int = 0
-    unpaired: str = "easy"
+    unpaired: str = choice_field("easy", _regimes)
     subsample: float = 1.0
     regime_noise: float = 0.5
     regime_imbalance: float = 10.0
@@ -79,14 +136,21 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
-    method: MethodConfig = MethodConfig()
+    method: BaselineConfig = BaselineConfig()
 
     def __post_init__(self):
-        from ucmkd_jax.data.regimes import REGIMES
-        if self.unpaired not in REGIMES:
-            raise ValueError(f"unpaired must be one of {', '.join(REGIMES)}, got {self.unpaired!r}")
+        validate(self)
         if not 0.0 < self.subsample <= 1.0:
-            raise ValueError(f"subsample must be in (0, 1], got {self.subsample}")
+            raise ConfigError(f"subsample must be in (0, 1], got {self.subsample}")
+        arrays = self.dataset == "arrays"
+        given = [f for f in ("teacher_data", "student_data", "num_classes") if getattr(self, f) is not None]
+        if given and not arrays:
+            raise ConfigError(f"{given[0]} (--{given[0].replace('_', '-')}) only applies to --dataset arrays")
+        if arrays and self.direction != ARRAYS_DIRECTION:
+            raise ConfigError(f"direction does not apply to --dataset arrays (its teacher is teacher_data); "
+                              f"got {self.direction!r}")
+        if not arrays and self.direction == ARRAYS_DIRECTION:
+            raise ConfigError(f"direction {ARRAYS_DIRECTION!r} is for --dataset arrays; use a2v, v2a or both")
 
     @property
     def pairing(self) -> str:
@@ -108,12 +172,16 @@ PRESETS = {
     "ravdess": dataclasses.replace(_TABLE12, streaming=True),
     "ave": dataclasses.replace(_TABLE12, streaming=True),
     "vggsound": dataclasses.replace(_TABLE12, streaming=True),
+    # Bring your own modalities: Table 12's training, one teacher -> student direction, and a
+    # latent size of 512 (ResNet-18's at width 64) that both sides' encoders are projected to.
+    "arrays": dataclasses.replace(_TABLE12, dataset="arrays", direction=ARRAYS_DIRECTION,
+                                  model=ModelConfig(latent_dim=512)),
 }
 
 
 def get_preset(dataset: str) -> ExperimentConfig:
     if dataset not in PRESETS:
-        raise ValueError(f"no preset for dataset {dataset!r}; known: {sorted(PRESETS)}")
+        raise ConfigError(f"no preset for dataset {dataset!r}; known: {', '.join(sorted(PRESETS))}")
     return dataclasses.replace(PRESETS[dataset], dataset=dataset)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 import optax
 
 __all__ = ["OptimConfig", "learning_rate_schedule", "outer_optimizer", "inner_optimizer"]

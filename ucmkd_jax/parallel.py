@@ -15,13 +15,16 @@ only the rows of its own devices.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+import queue
+import threading
+from typing import Iterator, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["data_mesh", "replicate", "shard_batch", "maybe_initialize_distributed", "check_batch_divisible"]
+__all__ = ["data_mesh", "replicate", "shard_batch", "prefetch_to_device", "maybe_initialize_distributed",
+           "check_batch_divisible"]
 
 
 def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -50,6 +53,44 @@ def shard_batch(batch, mesh: Mesh):
     Each host materialises only the rows of its addressable devices."""
     sharding = NamedSharding(mesh, P("data"))
     return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches: Iterator[dict], size: int = 2, put=jax.device_put) -> Iterator[dict]:
+    """Yield the batches of ``batches`` already on the device, ``size`` ahead: a background
+    thread gathers the next numpy batches and starts their host-to-device copies while the
+    current step runs. Order is preserved; an exception in the producer is re-raised here.
+    ``put``: numpy batch -> device batch (``ucmkd_jax.parallel.shard_batch`` for a mesh)."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                q.put(put(batch))
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)
 
 
 def maybe_initialize_distributed() -> bool:

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Sequence
 
-__all__ = ["EpochLog", "read_jsonl"]
+__all__ = ["EpochLog"]
 
 
 class EpochLog:
@@ -46,10 +46,3 @@ class EpochLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def read_jsonl(path: str) -> list:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-

@@ -1,35 +1,44 @@
 """The training loop: teacher pre-training, distillation, evaluation, model selection.
 
-This is the edge of the library: it moves numpy batches to the device, runs a method's ONE
-compiled step, shows a progress bar, evaluates on the validation split every epoch and keeps
-the best-by-validation variables. The step itself stays pure (``ucmkd_jax.methods``).
-Host syncs: the running loss every ``log_every`` steps (for the bar) and once per epoch.
-Batches are gathered and copied to the device by a background thread, two steps ahead.
+This is the edge of the library. Read top to bottom:
+
+  ``check_fit_inputs``  everything that can be refused before anything is compiled;
+  ``build_step``        a method's ONE compiled step, its optimiser and schedule (``TrainStep``;
+                        ``benchmarks/step_bench.py`` times exactly this);
+  ``StepCache``         compiled steps and evaluators shared across seeds and methods of a run;
+  ``fit``               the loop: batches to the device two steps ahead, the step, a progress bar,
+                        validation every epoch, the best-by-validation variables, checkpoints.
+
+The step itself stays pure (``ucmkd_jax.methods``). Host syncs: the running loss every
+``log_every`` steps (for the bar) and once per epoch.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jax.sharding import Mesh
-
+from ucmkd_jax import seeds
 from ucmkd_jax.checkpoint import RunCheckpointer, load_variables
 from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data.base import Split, validate_split
-from ucmkd_jax.data.streams import eval_batches, prefetch_to_device, steps_per_epoch, train_batches
+from ucmkd_jax.data.streams import eval_batches, steps_per_epoch, train_batches
 from ucmkd_jax.losses.classification import accuracy_count
-from ucmkd_jax.methods.base import MethodConfig, create_train_state, get_method, make_train_step, with_extra
+from ucmkd_jax.methods.base import (MethodConfig, MethodSpec, TrainState, create_train_state, get_method,
+                                    make_train_step, with_extra)
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
-from ucmkd_jax.parallel import check_batch_divisible, replicate, shard_batch
+from ucmkd_jax.parallel import check_batch_divisible, prefetch_to_device, replicate, shard_batch
 
-__all__ = ["NonFiniteLossError", "TrainResult", "make_evaluator", "evaluate", "fit"]
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainStep", "StepCache", "build_step", "check_fit_inputs",
+           "make_evaluator", "evaluate", "fit"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,6 +56,75 @@ class TrainResult:
     wall_s: float
 
 
+# ---------------------------------------------------------------------------------------- checks
+def check_fit_inputs(spec: MethodSpec, model: Model, train, val: Split, teacher: Optional[Model],
+                     teacher_variables, teacher_train, pairing: str) -> str:
+    """Refuse bad input before anything is compiled. ``train`` is a ``Split`` or a
+    ``TrainStream``. Returns the pairing the loop uses ("none" for methods without a teacher)."""
+    streaming = not isinstance(train, Split)
+    if streaming:  # a TrainStream: checks its own data; its batches carry x_t when the method needs it
+        if not hasattr(train, "epoch_batches") or not hasattr(train, "num_samples"):
+            raise TypeError(f"train must be a Split or a TrainStream (num_samples, epoch_batches), got "
+                            f"{type(train).__name__}")
+        if spec.uses_teacher and teacher_train is not None:
+            raise ValueError("with a TrainStream the teacher batches come from the stream: teacher_train must be None")
+    else:
+        validate_split(train, model.num_classes, f"{model.name} train")
+        model.check_input(train.x)
+    validate_split(val, model.num_classes, f"{model.name} val")
+    if not spec.uses_teacher:
+        return "none"
+    if teacher is None or teacher_variables is None or (teacher_train is None and not streaming):
+        raise ValueError(f"method {spec.name!r} needs a teacher, its variables and its train split")
+    if spec.needs_paired and pairing != "paired":
+        raise ValueError(f"method {spec.name!r} needs paired batches (the teacher sees the partner of each "
+                         f"student sample): run it with the paired regime (--unpaired paired)")
+    if not streaming:
+        teacher.check_input(teacher_train.x)
+    if teacher.num_classes != model.num_classes:
+        raise ValueError(f"teacher has {teacher.num_classes} classes but the student has {model.num_classes}")
+    return pairing
+
+
+# ---------------------------------------------------------------------------------------- the step
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A method's compiled step with what it was built from.
+
+    step: jitted ``step(state, teacher_variables, batch) -> (state, metrics)``, state donated.
+    tx, schedule: the outer optimiser (the method's own, if it has one) and its learning rate.
+    """
+
+    spec: MethodSpec
+    model: Model
+    teacher: Optional[Model]
+    method_config: MethodConfig
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    step: Callable
+
+    def init_state(self, variables, teacher_variables, seed: int) -> TrainState:
+        """A fresh ``TrainState`` from the model's ``variables``, with the method's own modules
+        (if any) initialised from ``seeds.extra_init_seed(seed)``."""
+        variables = with_extra(self.spec, variables, jax.random.PRNGKey(seeds.extra_init_seed(seed)), self.model,
+                               self.teacher, teacher_variables, self.method_config)
+        return create_train_state(variables, self.tx)
+
+
+def build_step(method: str, model: Model, teacher: Optional[Model] = None, *,
+               method_config: MethodConfig = MethodConfig(), optim: OptimConfig = OptimConfig(),
+               steps_per_epoch: int, epochs: int) -> TrainStep:
+    """The compiled step of ``method`` for ``model`` (and ``teacher``) under the outer optimiser
+    ``optim``, whose schedule spans ``epochs`` epochs of ``steps_per_epoch`` steps."""
+    spec = get_method(method)
+    schedule = learning_rate_schedule(optim, steps_per_epoch, epochs)
+    tx = outer_optimizer(optim, schedule)
+    if spec.optimizer is not None:  # a method with modules that have an optimiser of their own
+        tx = spec.optimizer(tx, method_config)
+    step = make_train_step(spec.build(model, teacher, method_config), tx, schedule)
+    return TrainStep(spec, model, teacher, method_config, tx, schedule, step)
+
+
 def make_evaluator(model: Model) -> Callable:
     """jitted (variables, x, y, mask) -> (number correct, summed CE) in inference mode."""
 
@@ -57,6 +135,29 @@ def make_evaluator(model: Model) -> Callable:
         return accuracy_count(logits, y, mask), jnp.sum(jnp.where(mask, ce, 0.0))
 
     return evaluator
+
+
+class StepCache:
+    """Compiled steps and evaluators, built once per setting and then reused: a run keeps one
+    for all its seeds and methods, so an identical step is traced and compiled once. Keys are
+    the settings themselves (models and configs are frozen, hashable dataclasses)."""
+
+    def __init__(self):
+        self._steps: Dict[tuple, TrainStep] = {}
+        self._evaluators: Dict[Model, Callable] = {}
+
+    def train_step(self, method: str, model: Model, teacher: Optional[Model], *, method_config: MethodConfig,
+                   optim: OptimConfig, steps_per_epoch: int, epochs: int) -> TrainStep:
+        key = (method, model, teacher, method_config, optim, steps_per_epoch, epochs)
+        if key not in self._steps:
+            self._steps[key] = build_step(method, model, teacher, method_config=method_config, optim=optim,
+                                          steps_per_epoch=steps_per_epoch, epochs=epochs)
+        return self._steps[key]
+
+    def evaluator(self, model: Model) -> Callable:
+        if model not in self._evaluators:
+            self._evaluators[model] = make_evaluator(model)
+        return self._evaluators[model]
 
 
 def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evaluator=None) -> dict:
@@ -70,12 +171,13 @@ def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evalu
     return {"acc": float(correct) / n, "ce": float(ce) / n, "n": n}
 
 
-def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce",
+# ---------------------------------------------------------------------------------------- the loop
+def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         method_config: MethodConfig = MethodConfig(), optim: OptimConfig = OptimConfig(),
         train_config: TrainConfig = TrainConfig(), epochs: Optional[int] = None,
         teacher: Optional[Model] = None, teacher_variables=None, teacher_train: Optional[Split] = None,
         pairing: str = "unpaired", seed: int = 0, desc: str = "", progress: bool = True,
-        compiled: Optional[dict] = None, checkpoint: Optional[RunCheckpointer] = None,
+        cache: Optional[StepCache] = None, checkpoint: Optional[RunCheckpointer] = None,
         on_epoch: Optional[Callable[[dict, list], None]] = None, mesh: Optional[Mesh] = None) -> TrainResult:
     """Train ``model`` from ``variables`` with a registered method; select on ``val``.
 
@@ -88,13 +190,14 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
         for its seed and ``epoch`` (that is what makes resuming exact); it then supplies the
         teacher batches too (``teacher_train`` must be None).
       method: a name in ``ucmkd_jax.methods.METHODS``.
+      epochs: default ``train_config.epochs``.
       teacher, teacher_variables, teacher_train: the frozen teacher and its modality's train
         split (the pool its batches are drawn from), for methods that use it. ``pairing`` says
         how teacher batches are drawn ("unpaired" or "paired").
-      seed: seeds the batch order (epoch e's order is a function of (seed, e) alone); the
-        variables carry the init seed.
-      compiled: a dict the caller keeps across calls (e.g. over seeds) so that the jitted step
-        and evaluator of an identical setting are compiled once, not once per call.
+      seed: seeds the batch order (epoch e's order is a function of (seed, e) alone) and the
+        method's own modules; the variables carry the init seed.
+      cache: a ``StepCache`` kept across calls (e.g. over seeds), so that the step and evaluator
+        of an identical setting are compiled once.
       checkpoint: saves the state after every epoch and, if it holds a checkpoint of this run,
         resumes from it (the result equals an uninterrupted run's).
       on_epoch: called as ``on_epoch(record, history)`` after each epoch (its record and all
@@ -108,49 +211,20 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     """
     spec = get_method(method)
     epochs = train_config.epochs if epochs is None else epochs
+    pairing = check_fit_inputs(spec, model, train, val, teacher, teacher_variables, teacher_train, pairing)
     streaming = not isinstance(train, Split)
-    if streaming:  # a TrainStream: checks its own data; its batches carry x_t when the method needs it
-        if not hasattr(train, "epoch_batches") or not hasattr(train, "num_samples"):
-            raise TypeError(f"train must be a Split or a TrainStream (num_samples, epoch_batches), got "
-                            f"{type(train).__name__}")
-        if spec.uses_teacher and teacher_train is not None:
-            raise ValueError("with a TrainStream the teacher batches come from the stream: teacher_train must be None")
-    else:
-        validate_split(train, model.num_classes, f"{model.name} train")
-        model.check_input(train.x)
-    validate_split(val, model.num_classes, f"{model.name} val")
-    if spec.uses_teacher:
-        if teacher is None or teacher_variables is None or (teacher_train is None and not streaming):
-            raise ValueError(f"method {method!r} needs a teacher, its variables and its train split")
-        if spec.needs_paired and pairing != "paired":
-            raise ValueError(f"method {method!r} needs paired batches (the teacher sees the partner of each "
-                             f"student sample): run it with the paired regime (--unpaired paired)")
-        if not streaming:
-            teacher.check_input(teacher_train.x)
-        if teacher.num_classes != model.num_classes:
-            raise ValueError(f"teacher has {teacher.num_classes} classes but the student has {model.num_classes}")
-    else:
-        pairing = "none"
     if mesh is not None:
         check_batch_divisible(train_config.batch_size, mesh)
         check_batch_divisible(train_config.eval_batch_size, mesh, "evaluation batch size")
     steps = steps_per_epoch(train.num_samples if streaming else len(train), train_config.batch_size)
-    schedule = learning_rate_schedule(optim, steps, epochs)
-    tx = outer_optimizer(optim, schedule)
-    if spec.optimizer is not None:  # a method with modules that have an optimiser of their own
-        tx = spec.optimizer(tx, method_config)
-    compiled = {} if compiled is None else compiled
-    key = (method, id(model), id(teacher), method_config, optim, steps, epochs, id(mesh))
-    if key not in compiled:
-        compiled[key] = make_train_step(spec.build(model, teacher, method_config), tx, schedule)
-    step_fn = compiled[key]
-    evaluator = compiled.setdefault(("evaluator", id(model)), make_evaluator(model))
-    variables = with_extra(spec, variables, jax.random.PRNGKey(seed + 7919), model, teacher,
-                           teacher_variables, method_config)
-    state = create_train_state(variables, tx)
+    cache = StepCache() if cache is None else cache
+    train_step = cache.train_step(method, model, teacher, method_config=method_config, optim=optim,
+                                  steps_per_epoch=steps, epochs=epochs)
+    evaluator = cache.evaluator(model)
+    state = train_step.init_state(variables, teacher_variables, seed)
     t_vars = teacher_variables if spec.uses_teacher else {}
 
-    best = (-1.0, 0, None)
+    best = (-1.0, 0, None)  # (val acc, epoch, variables)
     history, first_epoch, elapsed = [], 0, 0.0
     if checkpoint is not None:
         restored = checkpoint.restore(state)
@@ -167,14 +241,14 @@ def fit(model: Model, variables, train: Split, val: Split, *, method: str = "ce"
     bar = tqdm(total=epochs * steps, initial=first_epoch * steps, desc=desc or method, unit="step",
                disable=not progress, dynamic_ncols=True, leave=True)
     for epoch in range(first_epoch, epochs):
-        sums = None
         if streaming:
-            epoch_batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none")
+            batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none")
         else:
-            epoch_batches = train_batches(train, teacher_train, train_config.batch_size,
-                                          np.random.SeedSequence([seed, epoch]), pairing)
-        for i, batch in enumerate(prefetch_to_device(epoch_batches, put=put)):
-            state, metrics = step_fn(state, t_vars, batch)
+            batches = train_batches(train, teacher_train, train_config.batch_size,
+                                    np.random.SeedSequence([seed, epoch]), pairing)
+        sums = None
+        for i, batch in enumerate(prefetch_to_device(batches, put=put)):
+            state, metrics = train_step.step(state, t_vars, batch)
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             if (i + 1) % train_config.log_every == 0 or i + 1 == steps:
                 # one small host sync per log_every steps, for the bar

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ucmkd_jax.data import roles
-from ucmkd_jax.data.arrays import (DIRECTION, as_arrays, carve_validation, load_arrays, make_arrays_dataset,
-                                   read_npz)
+from ucmkd_jax.data.arrays import (DIRECTION, as_arrays, carve_validation, describe_arrays, load_arrays,
+                                   make_arrays_dataset, read_npz)
 from ucmkd_jax.data.base import ModalityData, Split
 
 K = 3
@@ -210,3 +210,16 @@ def test_npz_without_x_train_and_unreadable_files(tmp_path):
     np.savez(tmp_path / "obj.npz", x_train=np.array([{"a": 1}], dtype=object), y_train=np.zeros(1))
     with pytest.raises(ValueError, match=r"not a readable \.npz of plain arrays"):
         load_arrays(tmp_path / "T.npz", tmp_path / "obj.npz", log=None)
+
+
+def test_describe_arrays_names_files_by_hash_and_sizes(tmp_path):
+    import hashlib
+
+    np.savez(tmp_path / "T.npz", **GOOD)
+    np.savez(tmp_path / "S.npz", **_with(GOOD, x_val=None, y_val=None))
+    desc = describe_arrays(load_arrays(tmp_path / "T.npz", tmp_path / "S.npz", log=None))
+    assert desc["num_classes"] == K and len(desc["notices"]) == 1
+    assert desc["student"] == {"file": str(tmp_path / "S.npz"),
+                               "sha256": hashlib.sha256((tmp_path / "S.npz").read_bytes()).hexdigest(),
+                               "sizes": {"train": 42, "val": 6, "test": 12}}  # 2 of 16 per class
+    assert desc["teacher"]["sizes"] == {"train": 48, "val": 12, "test": 12}

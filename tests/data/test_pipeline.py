@@ -23,11 +23,11 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"tests/data/test_pipeline.py needs the data extra: pip install -e '.[data]' ({e})") from e
 
-from ucmkd_jax.data import pipeline, shards
+from ucmkd_jax.data import pipeline, shards, spec
 from ucmkd_jax.data.regimes import distillation_pools, subsample
 
 N_CLIPS, N_TRAIN, S = 24, 16, 32
-MEAN, STD = np.array(shards.IMAGENET_MEAN), np.array(shards.IMAGENET_STD)
+MEAN, STD = np.array(spec.IMAGENET_MEAN), np.array(spec.IMAGENET_STD)
 
 
 def _jpeg(img):
@@ -264,7 +264,7 @@ def test_frames_stored_at_the_resize_size_skip_an_identity_resize():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(256, 300, 3), dtype=np.uint8)
     jpeg = tf.constant(_jpeg(img))
-    got = shards._decode_frame(tf, jpeg, 224).numpy()  # round(224 * 256 / 224) = 256: no resize
+    got = shards.decode_frame(tf, jpeg, 224).numpy()  # round(224 * 256 / 224) = 256: no resize
     full = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3), (256, 300), method="bilinear", antialias=True)
     want = (full.numpy()[16:240, 38:262] - MEAN * 255) / (STD * 255)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

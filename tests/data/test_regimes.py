@@ -124,3 +124,10 @@ def test_index_functions_check_their_inputs():
         pool_indices(t.train.y, s.train.y, "paired", 0, paired=False)
     with pytest.raises(ValueError, match="two train splits differ"):
         pool_indices(t.train.y[:-1], s.train.y, "medium", 0, paired=True)
+
+
+def test_hard_regime_refuses_an_empty_teacher_pool():
+    # one sample per class: the paired split gives every sample to the student pool
+    y = np.arange(4)
+    with pytest.raises(ValueError, match="hard regime: the teacher pool is empty"):
+        pool_indices(y, y, "hard", seed=0, paired=True)

@@ -11,11 +11,10 @@ try:
     import tensorflow_datasets as tfds
     from PIL import Image
     from data_prep import prepare, testing
-    from data_prep.datasets import SPEC_VERSION
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"tests/data/test_shards.py needs the data extra: pip install -e '.[data]' ({e})") from e
 
-from ucmkd_jax.data import shards
+from ucmkd_jax.data import shards, spec
 from ucmkd_jax.data.base import roles
 
 
@@ -59,7 +58,7 @@ def test_video_is_middle_frames_centre_cropped_and_imagenet_normalised(prepared)
     b = tfds.builder_from_directory(str(shards.find_shard_dir("crema_d", prepared)))
     raw = list(tfds.as_numpy(b.as_dataset(split="test", shuffle_files=False,
                                           decoders={"frames": tfds.decode.SkipDecoding()})))
-    mean, std = np.array(shards.IMAGENET_MEAN) * 255, np.array(shards.IMAGENET_STD) * 255
+    mean, std = np.array(spec.IMAGENET_MEAN) * 255, np.array(spec.IMAGENET_STD) * 255
     for i, ex in enumerate(raw):
         n = len(ex["frames"])
         start = (n - 2) // 2
@@ -96,5 +95,5 @@ def test_split_fraction_and_errors(prepared, tmp_path):
         shards.load_shards("crema_d", prepared, split_fraction=0)
     # the version directory itself is accepted too
     vdir = shards.find_shard_dir("crema_d", prepared)
-    assert vdir == Path(prepared) / "crema_d" / "speaker" / SPEC_VERSION
+    assert vdir == Path(prepared) / "crema_d" / "speaker" / spec.SPEC_VERSION
     assert shards.find_shard_dir("crema_d", vdir) == vdir

@@ -59,7 +59,7 @@ def test_synthetic_is_seeded_and_shaped():
 
 
 def test_prefetch_keeps_order_and_reraises():
-    from ucmkd_jax.data.streams import prefetch_to_device
+    from ucmkd_jax.parallel import prefetch_to_device
 
     got = [int(b["i"]) for b in prefetch_to_device({"i": np.int32(k)} for k in range(7))]
     assert got == list(range(7))

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from data_prep import clips as clips_lib
 from data_prep import prepare
-from data_prep.datasets import SPEC_VERSION
+from ucmkd_jax.data.spec import FEATURES, SPEC_VERSION
 
 from data_prep.testing import AVE_CLASSES, CORRUPT_ID
 
@@ -39,6 +39,7 @@ def test_crema_d_end_to_end_shards(crema_d_out):
     rc, vdir = crema_d_out
     b, train = _read(vdir, "train")
     assert b.info.features["label"].names == ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+    assert set(b.info.features) == set(FEATURES)  # what the readers of ucmkd_jax.data look up
     sizes = {s: b.info.splits[s].num_examples for s in ("train", "val", "test")}
     assert sum(sizes.values()) == 8 and all(n > 0 for n in sizes.values())  # 9 clips, 1 corrupt
     seen = {}

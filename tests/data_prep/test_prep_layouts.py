@@ -68,7 +68,7 @@ def test_crema_d_authors_split_from_lists(crema_d_clean_raw, tmp_path):
     assert {c for c, s in splits.items() if s == "test"} == set(present[7:])
     assert {c for c, s in splits.items() if s in ("train", "val")} == set(present[:7])
     # val is a seeded 10% of the authors' whole train list (670 of 6698), whichever clips are present
-    val_ids = D.carve_validation(train, seed=0, fraction=0.1)
+    val_ids = D.validation_keys(train, seed=0, fraction=0.1)
     assert len(val_ids) == 670
     assert {c for c, s in splits.items() if s == "val"} == set(present[:7]) & val_ids
     assert len(_reasons(idx)["missing_file"]) == 6698 + 744 - 9

@@ -50,16 +50,53 @@ def test_rerun_with_another_config_is_refused(first_run):
         main(ARGS + ["--methods", "ce", "--lr", "0.5", "--out", out])
 
 
-def test_unknown_method_and_unpaired_vanilla_kd_fail_before_training(tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'magic'"):
-        main(ARGS + ["--methods", "magic", "--out", str(tmp_path / "a")])
+def test_unknown_method_and_unpaired_vanilla_kd_fail_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # a usage error: the config refuses the name
+        main(ARGS + ["--methods", "ce,magic", "--out", str(tmp_path / "a")])
+    assert e.value.code == 2 and "ExperimentConfig.methods must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
     with pytest.raises(ValueError, match="needs paired data: add --unpaired paired"):
         main(ARGS + ["--methods", "vanilla_kd", "--out", str(tmp_path / "b")])
 
 
 def test_method_flags_reach_the_config():
-    from experiments.run import parse_args, resolve_config
+    from experiments.run import parse
 
-    cfg = resolve_config(parse_args(["--hypergrad", "unrolled", "--hvp", "reverse_over_reverse", "--n1", "2"]))
+    _, cfg = parse(["--hypergrad", "unrolled", "--hvp", "reverse_over_reverse", "--n1", "2"])
     assert (cfg.method.hypergrad, cfg.method.hvp, cfg.method.n1) == ("unrolled", "reverse_over_reverse", 2)
-    assert resolve_config(parse_args([])).method.hvp == "forward_over_reverse"
+    assert parse([])[1].method.hvp == "forward_over_reverse"
+
+
+def test_every_config_field_is_reachable_typed_and_checked(capsys):
+    """--set reaches any field by its dotted path (nested baseline options too), parses it by the
+    field's type, applies after the short flags, and refuses unknown paths and bad values with
+    a usage error naming the field."""
+    from experiments.run import parse
+    from ucmkd_jax.overrides import settable_paths
+
+    _, cfg = parse(["--epsilon", "0.2", "--set", "method.fa.epsilon=0.05", "--set", "method.fa.epsilon_mode=relative",
+                    "--set", "optim.momentum=0.8", "--set", "method.dkd.warmup_steps=7", "--set",
+                    "model.latent_dim=32", "--set", "train.data_parallel=false", "--set", "methods=ce,sumall"])
+    assert cfg.method.fa.epsilon == 0.05 and cfg.method.fa.epsilon_mode == "relative"  # --set wins over --epsilon
+    assert (cfg.optim.momentum, cfg.method.dkd.warmup_steps, cfg.model.latent_dim) == (0.8, 7, 32)
+    assert cfg.train.data_parallel is False and cfg.methods == ("ce", "sumall")
+    paths = settable_paths(cfg)
+    for path in ("optim.warmup_epochs", "optim.clip_norm", "optim.weight_decay", "method.inner_lr",
+                 "method.inner_weight_decay", "method.inner_eps_root", "method.kd_temperature", "method.kd_alpha",
+                 "method.fa.differentiation", "model.stem", "regime_noise", "regime_imbalance", "train.log_every"):
+        assert path in paths
+    for argv, message in [(["--set", "method.fa.eps=1"], "no config field 'method.fa.eps'"),
+                          (["--set", "method.fa.cost=l3"], "method.fa.cost must be one of l2, l1, cosine, angular"),
+                          (["--set", "train.epochs=two"], "train.epochs takes int; got 'two'"),
+                          (["--set", "method=1"], "method is a group"),
+                          (["--cost", "l3"], "method.fa.cost must be one of"),
+                          (["--set", "epochs"], "--set expects PATH=VALUE")]:
+        with pytest.raises(SystemExit) as e:
+            parse(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_list_config_prints_every_path(capsys):
+    assert main(["--list-config", "--set", "method.fa.cost=l2"]) == []
+    text = capsys.readouterr().out
+    assert "method.fa.cost" in text and "= l2" in text and "method.rld.warmup_steps" in text

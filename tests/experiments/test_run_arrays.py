@@ -194,7 +194,7 @@ def test_bad_input_stops_before_any_compilation(case, npz, tmp_path, no_compile)
     elif case == "vanilla_kd":
         extra, message = ["--methods", "ce,vanilla_kd"], "method 'vanilla_kd' needs paired samples"
     elif case == "paired":
-        extra, message = ["--unpaired", "paired"], "array datasets are unpaired"
+        extra, message = ["--unpaired", "paired"], "dataset 'arrays' is unpaired"
     elif case == "batch":
         extra, message = ["--batch-size", "64"], "student train split has 42 samples, fewer than one batch of 64"
     elif case == "vector_backbone":
@@ -208,13 +208,14 @@ def test_bad_input_stops_before_any_compilation(case, npz, tmp_path, no_compile)
 
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "arrays", "--teacher-data", "T.npz"], "needs --teacher-data T.npz and --student-data S.npz"),
-    (["--teacher-data", "T.npz"], "--teacher-data only applies to --dataset arrays"),
+    (["--teacher-data", "T.npz"], "teacher_data (--teacher-data) only applies to --dataset arrays"),
     (["--dataset", "arrays", "--teacher-data", "T.npz", "--student-data", "S.npz", "--direction", "a2v"],
-     "--direction does not apply to --dataset arrays"),
+     "direction does not apply to --dataset arrays"),
+    (["--image-size", "112"], "--image-size applies to prepared real datasets"),
 ])
 def test_flag_misuse_is_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        run.parse_args(argv)
+        run.parse(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -244,6 +245,6 @@ def test_regime_and_subsample_apply_to_array_datasets(npz, tmp_path):
     assert (ucmkd["student_train"], ucmkd["subsample"], ucmkd["unpaired"]) == (sum(k_s), 0.5, "hard")
     assert ucmkd["teacher_pool"] in pools and ucmkd["teacher_pool"] < sum(k_t)
     assert "regime hard, subsample 0.5" in open(out / "results.md").read()
-    with pytest.raises(ValueError, match="array datasets are unpaired: the paired regime is impossible"):
+    with pytest.raises(ValueError, match="dataset 'arrays' is unpaired .*: the paired regime is impossible"):
         distill(teacher_data=str(npz["image8"]), student_data=str(npz["vector"]), unpaired="paired",
                 width=2, latent_dim=16, epochs=1, teacher_epochs=1, batch_size=16, progress=False, log=None)

@@ -4,6 +4,7 @@ dominates (the models' eager init alone is ~200 small compiles), so the real run
 fixture, and XLA's persistent cache is shared with the other CLI tests of the session."""
 import glob
 import json
+from types import SimpleNamespace
 import os
 
 import pytest
@@ -59,13 +60,14 @@ def test_rerun_skips_finished_cells_and_extends_the_grid(swept, small, monkeypat
     out, _ = swept
     calls, caches = [], []
 
-    def fake_run_experiment(cfg, dataset, *, out_dir, done, on_record, progress, **unused):
+    def fake_run_experiment(cfg, dataset, *, out_dir, done, on_run, progress, **unused):
         calls.append((cfg.method.lambda_fa, cfg.method.lambda_la, set(done), out_dir))
         caches.append(unused.get("teacher_cache"))
         rec = {"dataset": "synthetic", "direction": "a2v", "method": "ucmkd", "seed": 0, "val_acc": 0.5,
                "test_acc": 0.25, "teacher_test_acc": 0.5}
-        on_record(rec, [{"epoch": 1}])
-        return [rec]
+        run = SimpleNamespace(record=rec, history=[{"epoch": 1}])
+        on_run(run)
+        return [run]
 
     monkeypatch.setattr(experiment, "run_experiment", fake_run_experiment)
     sweep.main(ARGS + ["--lambdas-fa", "0.5", "--lambdas-la", "0.5", "--out", out], dataset=small)

@@ -15,16 +15,19 @@ The modality kind is read from the rank of ``x``:
     (N, T, H, W, C)   -> "video"    (frame stacks)
 
 Inputs are used as given (cast to float32): normalise them beforehand. Every check runs here,
-on numpy, before anything is compiled; errors are ``ValueError`` naming the side, the file, the
-array and the first offending sample. A class absent from a split is a warning, not an error.
+on numpy, before anything is compiled (the per-split ones are ``base.check_split`` and
+``base.check_labels``, the trainer's own); errors are ``ValueError`` naming the side, the file,
+the array and the first offending sample. A class absent from a split is a warning, not an error.
 
-A missing validation split is carved from train (stratified by class, seeded); a missing test
+A missing validation split is carved from train (stratified by class, seeded:
+``stratify.stratified_sample`` with the permutation draw); a missing test
 split is allowed (for the student that means the run reports validation accuracy only). Each
 such decision is reported through ``log`` and kept in ``ArraysDataset.notices``.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 import zipfile
@@ -32,10 +35,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split
+from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split, check_labels, check_split
+from ucmkd_jax.data.stratify import stratified_sample
 
 __all__ = ["ArraysDataset", "KINDS", "DIRECTION", "load_arrays", "make_arrays_dataset", "read_npz",
-           "as_arrays", "carve_validation", "toy_arrays"]
+           "as_arrays", "carve_validation", "describe_arrays", "toy_arrays"]
 
 # rank of x (batch axis included) -> modality kind
 KINDS = {2: "vector", 4: "image", 5: "video"}
@@ -99,44 +103,14 @@ def as_arrays(source, role: str) -> Tuple[Dict[str, np.ndarray], str]:
 
 
 def _check_split(x, y, where: str, split: str):
-    """Shape, dtype, emptiness and finiteness checks of one split; returns (x float32, y int)."""
-    x, y = np.asarray(x), np.asarray(y)
-    xs, ys = f"x_{split}", f"y_{split}"
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise ValueError(f"{where}: {xs} has dtype {x.dtype}: expected numbers")
+    """One split's checks (the rank here, the rest ``base.check_split``); returns (x float32, y int64)."""
+    x = np.asarray(x)
     if x.ndim not in KINDS:
         hint = ("; a single-channel spectrogram (N, H, W) needs a channel axis: x[..., None]"
                 if x.ndim == 3 else "")
-        raise ValueError(f"{where}: {xs} has shape {x.shape}, an unsupported rank {x.ndim}: expected "
+        raise ValueError(f"{where}: x_{split} has shape {x.shape}, an unsupported rank {x.ndim}: expected "
                          f"{_FORMS}{hint}")
-    if x.shape[0] == 0 or y.size == 0:
-        raise ValueError(f"{where}: {xs} is empty (shape {x.shape}, {ys} shape {y.shape}): "
-                         f"drop the split from the file instead")
-    if 0 in x.shape[1:]:
-        raise ValueError(f"{where}: {xs} has shape {x.shape}: a sample cannot have a zero-size axis")
-    if y.ndim != 1:
-        hint = " (one-hot labels? use y.argmax(-1))" if y.ndim == 2 and y.shape[1] > 1 else (
-            " (use y.ravel())" if y.ndim == 2 else "")
-        raise ValueError(f"{where}: {ys} has shape {y.shape}: labels must be a 1-d array of class "
-                         f"indices 0..K-1{hint}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{where}: {xs} has {x.shape[0]} samples but {ys} has {y.shape[0]} labels")
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
-        raise ValueError(f"{where}: {ys} has dtype {y.dtype}: labels must be integers 0..K-1")
-    if np.issubdtype(y.dtype, np.floating):
-        bad = ~np.isfinite(y) | (y != np.round(y))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{where}: {ys} holds non-integer label {y[i].item()!r} at index {i}: labels "
-                             f"must be integer class indices 0..K-1")
-    with np.errstate(over="ignore"):  # values beyond float32 range become inf, reported below
-        x = x.astype(np.float32, copy=False)
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(f"{where}: {xs} has NaN or infinite values in {len(bad)} sample(s), the first at "
-                         f"index {int(bad[0])} (values beyond float32 range count as infinite)")
-    return x, y.astype(np.int64)
+    return check_split(x, y, where, f"x_{split}", f"y_{split}")
 
 
 def _check_side(arrays: Mapping, where: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
@@ -167,11 +141,7 @@ def _check_side(arrays: Mapping, where: str) -> Dict[str, Tuple[np.ndarray, np.n
 
 def _check_labels(splits, where: str, num_classes: int) -> None:
     for s, (_, y) in splits.items():
-        bad = (y < 0) | (y >= num_classes)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{where}: y_{s} has label {int(y[i])} at index {i}, outside 0..{num_classes - 1} "
-                             f"(K = {num_classes}); labels must be integers 0..K-1")
+        check_labels(y, where, num_classes, f"y_{s}")
 
 
 def _warn_missing_classes(split: Split, where: str, name: str, num_classes: int) -> None:
@@ -186,18 +156,13 @@ def carve_validation(split: Split, fraction: float, seed: int) -> Tuple[Split, S
     round(fraction * n_c) samples (at least 1, at most n_c - 1) to val; order is kept."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    val_idx = []
-    for c in np.unique(split.y):
-        idx = np.flatnonzero(split.y == c)
-        n = len(idx)
-        k = min(max(int(round(fraction * n)), 1), n - 1) if n >= 2 else 0
-        val_idx.append(rng.permutation(idx)[:k])
-    val_mask = np.zeros(len(split), bool)
-    val_mask[np.concatenate(val_idx)] = True
-    if not val_mask.any():
+    val_idx = stratified_sample(split.y, fraction, np.random.default_rng(seed), draw="permutation",
+                                min_per_class=1, keep_one=True)
+    if not len(val_idx):
         raise ValueError("cannot carve a validation split: every class has a single train sample")
-    return split.subset(np.flatnonzero(~val_mask)), split.subset(np.flatnonzero(val_mask))
+    val_mask = np.zeros(len(split), bool)
+    val_mask[val_idx] = True
+    return split.subset(np.flatnonzero(~val_mask)), split.subset(val_idx)
 
 
 def _modality(splits, where: str, role: str, num_classes: int, seed: int, val_fraction: float,
@@ -283,6 +248,29 @@ def load_arrays(teacher_path, student_path, *, num_classes: Optional[int] = None
     """``make_arrays_dataset`` from two ``.npz`` files (teacher, student)."""
     return make_arrays_dataset(teacher_path, student_path, num_classes=num_classes, seed=seed,
                                val_fraction=val_fraction, log=log)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_arrays(dataset: ArraysDataset) -> dict:
+    """What a run on arrays used, for its config.json: K, the loader's notices and per side the
+    file (absolute path, sha256) and split sizes. A rerun on changed files then no longer
+    matches, so it is not resumed. (The models are described by their builder's side.)"""
+    out = {"num_classes": dataset.num_classes, "notices": list(dataset.notices)}
+    for role in ("teacher", "student"):
+        data = dataset.modalities.get(role)
+        if data is None:
+            continue
+        path = dataset.sources.get(role)
+        out[role] = {"file": os.path.abspath(path) if path else None, "sha256": _sha256(path) if path else None,
+                     "sizes": {s: (len(getattr(data, s)) if getattr(data, s) is not None else 0) for s in SPLITS}}
+    return out
 
 
 def toy_arrays(shape, num_classes: int = 3, sizes=(48, 12, 12), *, latent: int = 8, class_sep: float = 1.0,

@@ -6,7 +6,7 @@
 
 What it yields (``epoch_batches``): numpy dicts {"x_s" float32, "y_s" int32[, "x_t", "y_t"]} of
 exactly ``batch_size`` rows; the last incomplete batch of an epoch is dropped. ``fit`` copies
-them to the device two steps ahead (``streams.prefetch_to_device``); tf.data prefetches on its
+them to the device two steps ahead (``parallel.prefetch_to_device``); tf.data prefetches on its
 side too, so decoding overlaps the step. TensorFlow is imported inside the functions only: the
 compiled path never imports it (and TensorFlow is kept off the GPUs).
 
@@ -55,18 +55,19 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ucmkd_jax.data.shards import _decode_frame, _import_tf, find_shard_dir
+from ucmkd_jax.data.shards import decode_frame, find_shard_dir, import_tf
+from ucmkd_jax.data.spec import FRAMES, LABEL, SPECTROGRAM, SPECTROGRAM_SHAPE
 
 __all__ = ["ShardStream", "train_labels", "protocol_streams", "MODALITY_SHAPES"]
 
 _STUDENT, _TEACHER = 0, 1
-MODALITY_SHAPES = {"audio": lambda frames, size: (257, 1004, 1),
+MODALITY_SHAPES = {"audio": lambda frames, size: SPECTROGRAM_SHAPE + (1,),
                    "video": lambda frames, size: (frames, size, size, 3)}
 _PAIRINGS = ("unpaired", "paired")
 
 
 def _open(dataset: str, data_dir, config, version):
-    tf, tfds = _import_tf()
+    tf, tfds = import_tf()
     path = find_shard_dir(dataset, data_dir, config, version)
     builder = tfds.builder_from_directory(os.fspath(path))
     if "train" not in builder.info.splits:
@@ -80,8 +81,8 @@ def train_labels(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opt
     the records but parses only their label."""
     tf, tfds, _, builder = _open(dataset, data_dir, config, version)
     ds = builder.as_dataset(split="train", shuffle_files=False,
-                            decoders=tfds.decode.PartialDecoding({"label": True}))
-    ds = ds.map(lambda ex: ex["label"]).batch(4096)
+                            decoders=tfds.decode.PartialDecoding({LABEL: True}))
+    ds = ds.map(lambda ex: ex[LABEL]).batch(4096)
     return np.concatenate([b for b in ds.as_numpy_iterator()]).astype(np.int32)
 
 
@@ -126,7 +127,7 @@ class ShardStream:
         self._tf, self._tfds, self.path, builder = _open(dataset, data_dir, config, version)
         self.dataset = dataset
         self.features = builder.info.features
-        self.class_names = list(self.features["label"].names)
+        self.class_names = list(self.features[LABEL].names)
         self.num_classes = len(self.class_names)
         split = builder.info.splits["train"]
         self._files = np.asarray([os.fspath(p) for p in split.filepaths])
@@ -243,22 +244,22 @@ class ShardStream:
 
     def _decoder(self, modalities):
         tfds = self._tfds
-        wanted = {"label": True}
+        wanted = {LABEL: True}
         if "audio" in modalities:
-            wanted["spectrogram"] = True
+            wanted[SPECTROGRAM] = True
         if "video" in modalities:
-            wanted["frames"] = True
+            wanted[FRAMES] = True
         partial = tfds.decode.PartialDecoding(
-            wanted, decoders={"frames": tfds.decode.SkipDecoding()} if "frames" in wanted else None)
+            wanted, decoders={FRAMES: tfds.decode.SkipDecoding()} if FRAMES in wanted else None)
         return partial.extract_features(self.features), partial.decoders
 
     def _input(self, ex, clip, modality: str, aug_key, noise_key, noise_std: float, augment: bool):
         """One clip's input of ``modality`` from its parsed example."""
         tf = self._tf
         if modality == "audio":
-            x = tf.cast(ex["spectrogram"], tf.float32)[..., None]
+            x = tf.cast(ex[SPECTROGRAM], tf.float32)[..., None]
         else:
-            jpegs, t_len = ex["frames"], self.frames
+            jpegs, t_len = ex[FRAMES], self.frames
             n = tf.shape(jpegs)[0]
             if augment:
                 key = tf.random.experimental.stateless_fold_in(tf.constant(aug_key, tf.int64), clip)
@@ -272,7 +273,7 @@ class ShardStream:
                 pos = tf.maximum(0, (n - t_len) // 2) + tf.range(t_len)
                 flip = tf.constant(False)
             pos = tf.minimum(pos, n - 1)
-            x = tf.stack([_decode_frame(tf, jpegs[pos[t]], self.image_size) for t in range(t_len)])
+            x = tf.stack([decode_frame(tf, jpegs[pos[t]], self.image_size) for t in range(t_len)])
             if self.flip and augment:
                 x = tf.cond(flip, lambda: tf.reverse(x, axis=[2]), lambda: x)
         if noise_std > 0:
@@ -290,7 +291,7 @@ class ShardStream:
 
         def convert(serialized, clip):
             ex = features.deserialize_example(serialized, decoders=decoders)
-            y = tf.cast(ex["label"], tf.int32)
+            y = tf.cast(ex[LABEL], tf.int32)
             return tuple((self._input(ex, clip, m, ak, nk, ns, augment), y)
                          for (m, _, ns), (ak, nk) in zip(roles, keys))
 
@@ -346,11 +347,12 @@ def protocol_streams(dataset: str, data_dir: Union[str, os.PathLike], direction:
       stream_kwargs: ``ShardStream`` options (image_size, frames, config, version, parallel...).
     Returns:
       (teacher_stream: the teacher modality's subsampled train split alone, for its
-       pre-training with "ce" (its order seeded by 10000 + seed, as ``run_experiment`` seeds
-       that fit); student_stream: the student pool, with the teacher pool as its teacher
+       pre-training with "ce" (its order seeded by ``seeds.teacher_seed(seed)``, as the in-memory
+       protocol seeds that fit); student_stream: the student pool, with the teacher pool as its teacher
        stream, pairing "paired" for the paired regime (every method of the seed, "ce"
        included, trains on it); info: the regimes' info plus the estimated noise std).
     """
+    from ucmkd_jax import seeds
     from ucmkd_jax.data.base import DIRECTIONS
     from ucmkd_jax.data.regimes import protocol_indices
 
@@ -361,7 +363,7 @@ def protocol_streams(dataset: str, data_dir: Union[str, os.PathLike], direction:
                      version=stream_kwargs.get("version")) if labels is None else np.asarray(labels)
     idx = protocol_indices(y, y, ratio=subsample, regime=regime, seed=seed, paired=True, imbalance=imbalance)
     teacher_stream = ShardStream(dataset, data_dir, student=t_mod, student_indices=idx["teacher_train"],
-                                 seed=10_000 + seed, **stream_kwargs)
+                                 seed=seeds.teacher_seed(seed), **stream_kwargs)
     pairing = "paired" if regime == "paired" else "unpaired"
     student_stream = ShardStream(dataset, data_dir, student=s_mod, teacher=t_mod,
                                  student_indices=idx["student_pool"], teacher_indices=idx["teacher_pool"],

@@ -38,7 +38,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ucmkd_jax import seeds
 from ucmkd_jax.data.base import ModalityData, Split
+from ucmkd_jax.data.stratify import stratified_sample
 
 __all__ = ["REGIMES", "subsample", "distillation_pools", "stratified_fraction", "subsample_indices",
            "pool_indices", "protocol_indices"]
@@ -46,15 +48,11 @@ __all__ = ["REGIMES", "subsample", "distillation_pools", "stratified_fraction", 
 REGIMES = ("easy", "medium", "hard", "paired")
 
 
-def stratified_fraction(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def stratified_fraction(y: np.ndarray, fraction, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of a stratified random ``fraction`` of ``y``: round(fraction * n_c) of
-    every class c present (at least 1)."""
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        k = max(1, int(round(fraction * len(idx))))
-        keep.append(rng.choice(idx, size=k, replace=False))
-    return np.sort(np.concatenate(keep))
+    every class c present (at least 1), drawn with ``rng.choice`` (the protocol's draw since its
+    first runs: ``stratify.stratified_sample``). ``fraction`` may map class -> share."""
+    return stratified_sample(y, fraction, rng, draw="choice", min_per_class=1)
 
 
 def _check_paired_labels(y_t: np.ndarray, y_s: np.ndarray, what: str):
@@ -75,7 +73,7 @@ def subsample_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, ratio: float, 
     _check_ratio(ratio)
     if ratio == 1.0:
         return (None if y_t is None else np.arange(len(y_t))), np.arange(len(y_s))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5AB]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, seeds.SUBSAMPLE]))
     s_idx = stratified_fraction(np.asarray(y_s), ratio, rng)
     t_idx = None
     if y_t is not None:
@@ -100,8 +98,6 @@ def subsample(teacher: Optional[ModalityData], student: ModalityData, ratio: flo
     def cut(mod: ModalityData, idx) -> ModalityData:
         return ModalityData(mod.modality, mod.train.subset(idx), mod.val, mod.test)
 
-    if teacher is not None and paired:
-        _check_paired(teacher.train, student.train, "subsample")
     t_idx, s_idx = subsample_indices(None if teacher is None else teacher.train.y, student.train.y, ratio,
                                      seed, paired)
     if teacher is not None:
@@ -131,16 +127,14 @@ def _pool_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, regime: str, rng: 
         info["notes"].append("the two modalities are separate collections: their pools are already disjoint")
     if regime == "hard":
         y_pool = y_t[t_idx]
+        if not len(y_pool):
+            raise ValueError("hard regime: the teacher pool is empty (every class of the train split has a single "
+                             "sample, which the student pool keeps): use a larger --subsample")
         classes = np.unique(y_pool)
         order = rng.permutation(classes)
         k = len(classes)
         keep_frac = {int(c): imbalance ** (-(r / (k - 1) if k > 1 else 0.0)) for r, c in enumerate(order)}
-        keep = []
-        for c in classes:
-            idx = np.flatnonzero(y_pool == c)
-            n = max(1, int(round(keep_frac[int(c)] * len(idx))))
-            keep.append(rng.choice(idx, size=n, replace=False))
-        t_idx = t_idx[np.sort(np.concatenate(keep))]
+        t_idx = t_idx[stratified_fraction(y_pool, keep_frac, rng)]
         info["teacher_class_counts"] = {int(c): int(np.sum(y_t[t_idx] == c)) for c in classes}
         info["imbalance"] = imbalance
     return t_idx, s_idx
@@ -161,7 +155,7 @@ def pool_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, regime: str, seed: 
     if regime in ("paired", "easy") or y_t is None:
         t_idx = None if y_t is None else np.arange(len(y_t))
         return t_idx, np.arange(len(y_s)), _counts(info, t_idx, len(y_s))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD15]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, seeds.REGIME]))
     t_idx, s_idx = _pool_indices(np.asarray(y_t), y_s, regime, rng, paired, imbalance, info)
     return t_idx, s_idx, _counts(info, t_idx, len(s_idx))
 
@@ -185,12 +179,6 @@ def protocol_indices(y_t: Optional[np.ndarray], y_s: np.ndarray, *, ratio: float
             "info": info}
 
 
-def _check_paired(t: Split, s: Split, what: str):
-    if len(t) != len(s) or not np.array_equal(t.y, s.y):
-        raise ValueError(f"{what}: the dataset says it is paired but its two train splits differ "
-                         f"({len(t)} vs {len(s)} samples or different labels)")
-
-
 def distillation_pools(t_train: Optional[Split], s_train: Split, regime: str, seed: int, paired: bool,
                        noise: float = 0.5, imbalance: float = 10.0) -> Tuple[Optional[Split], Split, dict]:
     """(teacher-stream pool, student pool, info) for ``regime`` (see the module docstring).
@@ -198,12 +186,10 @@ def distillation_pools(t_train: Optional[Split], s_train: Split, regime: str, se
     _check_regime(regime, paired)
     info = {"unpaired": regime, "notes": []}
     if regime == "paired" and t_train is not None:
-        _check_paired(t_train, s_train, "paired regime")
+        _check_paired_labels(t_train.y, s_train.y, "paired regime")
     if regime in ("paired", "easy") or t_train is None:
         return t_train, s_train, _sizes(info, t_train, s_train)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xD15]))
-    if paired:
-        _check_paired(t_train, s_train, f"{regime} regime")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, seeds.REGIME]))
     t_idx, s_idx = _pool_indices(np.asarray(t_train.y), np.asarray(s_train.y), regime, rng, paired, imbalance, info)
     if paired:
         s_train = s_train.subset(s_idx)

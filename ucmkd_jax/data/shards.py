@@ -2,7 +2,8 @@
 
     ds = load_shards("crema_d", "OUT")           # OUT/crema_d/speaker/<version>/ written by prepare.py
 
-Modalities (the same clips in the same order in both, so ``paired=True``):
+Modalities (the same clips in the same order in both, so ``paired=True``; the stored features,
+their shapes and the normalisation constants are ``ucmkd_jax.data.spec``):
   "audio": x (N, 257, 1004, 1) float32, the standardised log spectrogram (stored as float16).
   "video": x (N, T, S, S, 3) float32 with T = ``frames`` (2) and S = ``image_size`` (224): each
            kept JPEG frame is decoded, its shorter side resized (bilinear, antialiased) to
@@ -33,16 +34,17 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split
+from ucmkd_jax.data.spec import DEFAULT_CONFIGS, FRAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL, SPECTROGRAM
+from ucmkd_jax.data.stratify import stratified_sample
 
-__all__ = ["load_shards", "find_shard_dir", "DEFAULT_CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["load_shards", "find_shard_dir", "import_tf", "decode_frame"]
 
-DEFAULT_CONFIGS = {"crema_d": "speaker", "ravdess": "speech", "ave": "official", "vggsound": "all"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPLITS = ("train", "val", "test")
 
 
-def _import_tf():
+def import_tf():
+    """(tensorflow, tensorflow_datasets), imported on first use with TensorFlow kept off the GPUs;
+    an ImportError says which extra to install."""
     try:
         import tensorflow as tf
         import tensorflow_datasets as tfds
@@ -110,7 +112,7 @@ def _frame_positions(tf, n, frames: int, mode: str, seed: int, i):
     return tf.minimum(pos, n - 1)
 
 
-def _decode_frame(tf, jpeg, image_size: int):
+def decode_frame(tf, jpeg, image_size: int):
     """One JPEG frame -> (S, S, 3) float32: shorter side resized (bilinear, antialiased) to
     round(S * 256 / 224), centre crop S x S, ImageNet normalisation. A frame whose shorter side
     has that size already (stored at 256, S = 224) skips the resize: at scale 1 it is the
@@ -138,13 +140,13 @@ def _decode_frame(tf, jpeg, image_size: int):
 def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, frames: int, mode: str,
                    seed: int, batch_size: int):
     def convert(i, ex):
-        n = tf.shape(ex["frames"])[0]
+        n = tf.shape(ex[FRAMES])[0]
         pos = _frame_positions(tf, n, frames, mode, seed, i)
-        video = tf.stack([_decode_frame(tf, ex["frames"][pos[t]], image_size) for t in range(frames)])
-        audio = tf.cast(ex["spectrogram"], tf.float32)[..., None]
-        return audio, video, tf.cast(ex["label"], tf.int32)
+        video = tf.stack([decode_frame(tf, ex[FRAMES][pos[t]], image_size) for t in range(frames)])
+        audio = tf.cast(ex[SPECTROGRAM], tf.float32)[..., None]
+        return audio, video, tf.cast(ex[LABEL], tf.int32)
 
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"frames": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={FRAMES: tfds.decode.SkipDecoding()})
     ds = ds.enumerate()
     if keep is not None:
         mask = tf.constant(keep)
@@ -183,10 +185,10 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
         raise ValueError(f"train_frames must be 'random' or 'middle', got {train_frames!r}")
     if split_fraction is not None and not 0 < split_fraction <= 1:
         raise ValueError(f"split_fraction must be in (0, 1], got {split_fraction}")
-    tf, tfds = _import_tf()
+    tf, tfds = import_tf()
     path = find_shard_dir(dataset, data_dir, config, version)
     builder = tfds.builder_from_directory(os.fspath(path))
-    class_names = list(builder.info.features["label"].names)
+    class_names = list(builder.info.features[LABEL].names)
     parts = {}
     for s_i, split in enumerate(_SPLITS):
         if split not in splits:
@@ -196,11 +198,12 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
         n = int(builder.info.splits[split].num_examples)
         keep = None
         if split_fraction is not None and split_fraction < 1:
-            k = max(1, int(round(split_fraction * n)))
-            chosen = np.random.default_rng([seed, s_i]).permutation(n)[:k]
+            # one stratum: a plain seeded fraction (at least one example)
+            chosen = stratified_sample(np.zeros(n), split_fraction, np.random.default_rng([seed, s_i]),
+                                       draw="permutation", min_per_class=1)
             keep = np.zeros(n, bool)
             keep[chosen] = True
-            n = k
+            n = len(chosen)
         mode = train_frames if split == "train" else "middle"
         ds = _make_pipeline(tf, tfds, builder, split, keep=keep, image_size=image_size, frames=frames,
                             mode=mode, seed=seed, batch_size=batch_size)

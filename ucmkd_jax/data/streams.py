@@ -2,19 +2,17 @@
 
 Each yields dicts ``{"x_s", "y_s", "x_t"}`` (plus ``"y_t"``) of numpy arrays with a fixed batch
 size (the last incomplete batch is dropped so the compiled step never sees a new shape).
+NumPy only: moving batches to the devices is ``ucmkd_jax.parallel.prefetch_to_device``.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Iterator
 
-import jax
 import numpy as np
 
 from ucmkd_jax.data.base import Split
 
-__all__ = ["steps_per_epoch", "train_batches", "eval_batches", "prefetch_to_device"]
+__all__ = ["steps_per_epoch", "train_batches", "eval_batches"]
 
 
 def steps_per_epoch(n_student: int, batch_size: int) -> int:
@@ -72,41 +70,3 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple]:
             x = np.concatenate([x, np.zeros((batch_size - k,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(batch_size - k, y.dtype)])
         yield x, y.astype(np.int32), mask
-
-
-def prefetch_to_device(batches: Iterator[dict], size: int = 2, put=jax.device_put) -> Iterator[dict]:
-    """Yield the batches of ``batches`` already on the device, ``size`` ahead: a background
-    thread gathers the next numpy batches and starts their host-to-device copies while the
-    current step runs. Order is preserved; an exception in the producer is re-raised here.
-    ``put``: numpy batch -> device batch (``ucmkd_jax.parallel.shard_batch`` for a mesh)."""
-    q: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for batch in batches:
-                if stop.is_set():
-                    return
-                q.put(put(batch))
-            q.put(done)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.01)

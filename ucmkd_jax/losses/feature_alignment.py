@@ -29,6 +29,7 @@ OT cost at that fixed epsilon.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import jax
@@ -37,11 +38,13 @@ from ott.geometry import costs, geometry, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
+from ucmkd_jax.overrides import validate
 from ucmkd_jax.precision import at_least_f32
 
 __all__ = ["FAConfig", "feature_alignment", "cost_matrix", "COSTS"]
 
-COSTS = ("l2", "l1", "cosine", "angular")
+Cost = Literal["l2", "l1", "cosine", "angular"]
+COSTS = typing.get_args(Cost)
 _BOUNDED = ("cosine", "angular")
 
 
@@ -94,7 +97,7 @@ class FAConfig:
       inner_iterations: iterations between convergence checks ("implicit" mode only).
     """
 
-    cost: Literal["l2", "l1", "cosine", "angular"] = "cosine"
+    cost: Cost = "cosine"
     epsilon: float = 0.1
     epsilon_mode: Literal["auto", "absolute", "relative"] = "auto"
     num_iterations: int = 100
@@ -103,14 +106,9 @@ class FAConfig:
     inner_iterations: int = 10
 
     def __post_init__(self):
-        if self.cost not in COSTS:
-            raise ValueError(f"unknown FA cost {self.cost!r}; expected one of {COSTS}")
+        validate(self)
         if self.epsilon <= 0:
             raise ValueError(f"FA epsilon must be > 0, got {self.epsilon}")
-        if self.epsilon_mode not in ("auto", "absolute", "relative"):
-            raise ValueError(f"unknown epsilon_mode {self.epsilon_mode!r}")
-        if self.differentiation not in ("implicit", "unroll"):
-            raise ValueError(f"unknown FA differentiation {self.differentiation!r}")
         if self.num_iterations < 1 or self.num_iterations % self.inner_iterations:
             raise ValueError(f"num_iterations ({self.num_iterations}) must be a positive multiple "
                              f"of inner_iterations ({self.inner_iterations})")

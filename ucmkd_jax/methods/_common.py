@@ -14,7 +14,6 @@ import optax
 
 from ucmkd_jax.losses.classification import cross_entropy
 from ucmkd_jax.models.model import Model
-from ucmkd_jax.models.resnet import ResNetEncoder
 from ucmkd_jax.precision import at_least_f32
 
 __all__ = ["MASK_VALUE", "options", "check_teacher", "check_feature_maps", "stage_channels", "split_extra",
@@ -43,18 +42,17 @@ def check_teacher(method: str, student: Model, teacher: Optional[Model], same_cl
 
 
 def check_feature_maps(method: str, *models: Model) -> None:
-    """Feature-map methods need ResNet encoders (the MLP encoder of vectors has no maps)."""
+    """Feature-map methods need encoders with spatial stage maps (a ResNet, projected or not;
+    the MLP encoder of vectors has none)."""
     for m in models:
-        if not isinstance(m.encoder, ResNetEncoder):
-            raise ValueError(f"{method} distils stage feature maps: {m.name} ({m.modality}) needs a ResNet "
-                             f"encoder, not {type(m.encoder).__name__}")
+        if getattr(m.encoder, "stage_channels", None) is None:
+            raise ValueError(f"{method} distils stage feature maps: {m.name} ({m.modality}) needs an encoder "
+                             f"with spatial feature maps (a ResNet), not {type(m.encoder).__name__}")
 
 
 def stage_channels(model: Model) -> list:
-    """Channels of the four ResNet stage maps (width * 2^k, x4 for bottleneck blocks)."""
-    enc = model.encoder
-    mult = 4 if enc.block == "bottleneck" else 1
-    return [enc.width * 2**i * mult for i in range(len(enc.stage_sizes))]
+    """Channels of the encoder's stage maps (a ResNet's four: width * 2^k, x4 for bottlenecks)."""
+    return list(model.encoder.stage_channels)
 
 
 # ---------------------------------------------------------------------------- state of the extra modules

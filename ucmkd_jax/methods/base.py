@@ -12,7 +12,7 @@ loss or gradient was not finite, so the loop can stop with a message naming it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +21,11 @@ from flax import struct
 
 from ucmkd_jax.losses.feature_alignment import FAConfig
 from ucmkd_jax.models.model import Model
+from ucmkd_jax.overrides import validate
+from ucmkd_jax.registry import Registry
 
 __all__ = ["TrainState", "MethodConfig", "MethodSpec", "register", "get_method", "METHODS",
-           "make_train_step", "create_train_state", "teacher_features", "with_extra"]
+           "make_train_step", "create_train_state", "check_shared_latent", "teacher_features", "with_extra"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -51,8 +53,9 @@ class MethodConfig:
         "forward_over_reverse" (``jax.linearize`` of the FA gradient, its tangent map applied to
         the outer cotangent: a Hessian-vector product) or "reverse_over_reverse" (``jax.grad``
         through the whole unrolled loss). The same number; ignored for "first_order".
-      inner_opt: "adamw" (authors' code, lr ``inner_lr``, wd ``inner_weight_decay``) or "sgd"
-        (Algorithm 1: the current outer learning rate).
+      inner_opt: "adamw" (authors' code, lr ``inner_lr``, wd ``inner_weight_decay``, ``inner_eps_root``
+        under the square root: > 0 to differentiate through it) or "sgd" (Algorithm 1: the current
+        outer learning rate).
       la_grad: "head" (authors' code: the LA step moves only p') or "full" (Algorithm 1 line 11:
         it moves phi' too).
       fa: the OT solve (cost, epsilon, iterations).
@@ -63,26 +66,19 @@ class MethodConfig:
     lambda_la: float = 1.0
     n1: int = 1
     n2: int = 1
-    hypergrad: str = "first_order"
-    hvp: str = "forward_over_reverse"
-    inner_opt: str = "adamw"
+    hypergrad: Literal["first_order", "unrolled"] = "first_order"
+    hvp: Literal["forward_over_reverse", "reverse_over_reverse"] = "forward_over_reverse"
+    inner_opt: Literal["adamw", "sgd"] = "adamw"
     inner_lr: float = 1e-5
     inner_weight_decay: float = 0.05
     inner_eps_root: float = 1e-8
-    la_grad: str = "head"
+    la_grad: Literal["head", "full"] = "head"
     fa: FAConfig = FAConfig()
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
 
     def __post_init__(self):
-        if self.hypergrad not in ("first_order", "unrolled"):
-            raise ValueError(f"hypergrad must be 'first_order' or 'unrolled', got {self.hypergrad!r}")
-        if self.hvp not in ("forward_over_reverse", "reverse_over_reverse"):
-            raise ValueError(f"hvp must be 'forward_over_reverse' or 'reverse_over_reverse', got {self.hvp!r}")
-        if self.inner_opt not in ("adamw", "sgd"):
-            raise ValueError(f"inner_opt must be 'adamw' or 'sgd', got {self.inner_opt!r}")
-        if self.la_grad not in ("head", "full"):
-            raise ValueError(f"la_grad must be 'head' or 'full', got {self.la_grad!r}")
+        validate(self)
         if self.n1 < 0 or self.n2 < 0:
             raise ValueError(f"n1, n2 must be >= 0, got {self.n1}, {self.n2}")
 
@@ -115,7 +111,7 @@ class MethodSpec:
     optimizer: Optional[Callable[[optax.GradientTransformation, "MethodConfig"], optax.GradientTransformation]] = None
 
 
-METHODS: Dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register(name: str, *, uses_teacher: bool, needs_paired: bool = False, summary: str = "",
@@ -123,18 +119,24 @@ def register(name: str, *, uses_teacher: bool, needs_paired: bool = False, summa
     """Decorator: ``@register("ce", uses_teacher=False)`` on a ``build`` function."""
 
     def deco(build):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = MethodSpec(name, build, uses_teacher, needs_paired, summary, init_extra, optimizer)
+        METHODS.add(name, MethodSpec(name, build, uses_teacher, needs_paired, summary, init_extra, optimizer))
         return build
 
     return deco
 
 
 def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.get(name)
+
+
+def check_shared_latent(student: Model, teacher: Optional[Model]) -> None:
+    """Raise ValueError unless there is a teacher whose latent size is the student's: the
+    teacher's head scores student features, p_T(y | phi(x_S))."""
+    if teacher is None:
+        raise ValueError("this method needs a teacher model")
+    if student.latent_dim != teacher.latent_dim:
+        raise ValueError(f"student latent dim {student.latent_dim} != teacher latent dim "
+                         f"{teacher.latent_dim}: the teacher head must score student features")
 
 
 def teacher_features(teacher: Model, teacher_variables, x_t):

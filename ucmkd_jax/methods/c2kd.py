@@ -135,7 +135,7 @@ def build_c2kd(student: Model, teacher: Model, config: MethodConfig):
     check_teacher("c2kd", student, teacher)
     check_feature_maps("c2kd", student, teacher)
     opts: C2KDConfig = options(config, "c2kd", C2KDConfig())
-    n_stages = len(student.encoder.stage_sizes)
+    n_stages = len(stage_channels(student))
     if not 1 <= opts.stage <= n_stages:
         raise ValueError(f"c2kd stage must be in 1..{n_stages}, got {opts.stage}")
     k = opts.stage - 1

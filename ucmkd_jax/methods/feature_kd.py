@@ -7,20 +7,12 @@ import jax
 from ucmkd_jax.losses.classification import cross_entropy
 from ucmkd_jax.losses.feature_alignment import feature_alignment
 from ucmkd_jax.losses.label_alignment import label_alignment, label_transport_kernel
-from ucmkd_jax.methods.base import MethodConfig, register, teacher_features
+from ucmkd_jax.methods.base import MethodConfig, check_shared_latent, register, teacher_features
 from ucmkd_jax.models.model import Model
 
 
-def _check_latent(student: Model, teacher: Model):
-    if teacher is None:
-        raise ValueError("this method needs a teacher model")
-    if student.latent_dim != teacher.latent_dim:
-        raise ValueError(f"student latent dim {student.latent_dim} != teacher latent dim "
-                         f"{teacher.latent_dim}: the teacher head must score student features")
-
-
 def _build_joint(student: Model, teacher: Model, config: MethodConfig, with_la: bool):
-    _check_latent(student, teacher)
+    check_shared_latent(student, teacher)
 
     def grads_fn(params, batch_stats, teacher_variables, batch, lr):
         del lr

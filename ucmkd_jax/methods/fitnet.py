@@ -68,7 +68,7 @@ def hint_loss(regressed, hint):
 
 
 def _stage_index(student: Model, opts: FitNetConfig) -> int:
-    n = len(student.encoder.stage_sizes)
+    n = len(stage_channels(student))
     if not 1 <= opts.stage <= n:
         raise ValueError(f"fitnet stage must be in 1..{n}, got {opts.stage}")
     return opts.stage - 1

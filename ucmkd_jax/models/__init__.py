@@ -1,5 +1,11 @@
-"""Backbones: ResNet-18/34/50 and MLP encoders, wrapped as encoder + linear head."""
-from ucmkd_jax.models.model import BACKBONES, MODALITIES, MLPEncoder, Model, build_model
+"""Classifiers of one modality (encoder + linear head) and the backbones they are built from."""
+from ucmkd_jax.models.build import (BACKBONES, DEFAULT_LATENT_DIM, DTYPES, BackboneSpec, build_model, default_backbone,
+                                    describe_model, register_backbone)
+from ucmkd_jax.models.mlp import MLPEncoder
+from ucmkd_jax.models.model import MODALITIES, Model
+from ucmkd_jax.models.projection import ProjectedEncoder
 from ucmkd_jax.models.resnet import STAGES, ResNetEncoder
 
-__all__ = ["BACKBONES", "MODALITIES", "MLPEncoder", "Model", "build_model", "STAGES", "ResNetEncoder"]
+__all__ = ["BACKBONES", "BackboneSpec", "DEFAULT_LATENT_DIM", "DTYPES", "MODALITIES", "MLPEncoder", "Model",
+           "ProjectedEncoder", "ResNetEncoder", "STAGES", "build_model", "default_backbone", "describe_model",
+           "register_backbone"]

@@ -4,20 +4,20 @@
 teacher's head can score student features, p_T(y | phi(x_S)) (paper, Sec. 2.1). Variables are a
 dict ``{"params": {"encoder": ..., "head": ...}, "batch_stats": {...}}``; every method takes and
 returns plain pytrees, so it can be jitted and differentiated through inner update steps.
+Models are built by ``ucmkd_jax.models.build.build_model``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Tuple
+from typing import Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ucmkd_jax.models.resnet import STAGES, ResNetEncoder
 from ucmkd_jax.precision import at_least_f32
 
-__all__ = ["Model", "MLPEncoder", "build_model", "MODALITIES", "BACKBONES"]
+__all__ = ["Model", "MODALITIES"]
 
 # Modality -> (input rank without batch, description used in error messages).
 MODALITIES = {
@@ -26,29 +26,6 @@ MODALITIES = {
     "video": (4, "(N, T, H, W, C) frame stacks"),
     "vector": (1, "(N, D) vectors"),
 }
-BACKBONES = tuple(STAGES) + ("mlp",)
-
-
-class MLPEncoder(nn.Module):
-    """(N, D) vectors -> (N, out_dim): ``depth`` Dense+BatchNorm+ReLU layers."""
-
-    hidden: int = 256
-    depth: int = 2
-    out_dim: int = 512
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool, return_stages: bool = False):
-        stages = []
-        for i in range(self.depth):
-            width = self.out_dim if i == self.depth - 1 else self.hidden
-            x = nn.Dense(width, dtype=self.dtype, name=f"dense{i + 1}")(x.astype(self.dtype))
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, name=f"bn{i + 1}")(x)
-            x = nn.relu(x)
-            stages.append(x)
-        z = at_least_f32(x)
-        return (z, stages) if return_stages else z
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,44 +124,3 @@ class Model:
         z, stats = self.encode(p["encoder"], variables["batch_stats"], x, train)
         return self.classify(p["head"], z), z, stats
 
-
-def build_model(modality: str, input_shape, num_classes: int, backbone: str = "resnet18",
-                width: int = 64, stem: str = "auto", dtype: Any = jnp.float32,
-                latent_dim: int | None = None, mlp_depth: int = 2, name: str = "model") -> Model:
-    """Build a ``Model`` for one modality.
-
-    Args:
-      modality: "audio", "image", "video" or "vector".
-      input_shape: per-sample shape: (H, W, C) for audio/image, (T, H, W, C) for video, (D,).
-      num_classes: K.
-      backbone: "resnet18", "resnet34", "resnet50" or "mlp" (vectors).
-      width: first-stage channels (64 = the paper's ResNet-18 with a 512-d latent).
-      stem: "imagenet", "small" or "auto" (small when min(H, W) < 64).
-      latent_dim: only for the MLP encoder (ResNet latents are fixed by width).
-    """
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(MODALITIES)}")
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != MODALITIES[modality][0]:
-        raise ValueError(f"{name}: modality {modality!r} needs {MODALITIES[modality][1]}, "
-                         f"got per-sample shape {input_shape}")
-    if num_classes < 2:
-        raise ValueError(f"{name}: num_classes must be >= 2, got {num_classes}")
-    if modality == "vector" or backbone == "mlp":
-        if modality != "vector":
-            raise ValueError(f"{name}: the mlp backbone takes (N, D) vectors, not {modality}")
-        encoder = MLPEncoder(hidden=max(4 * width, 8), depth=mlp_depth,
-                             out_dim=latent_dim or 8 * width, dtype=dtype)
-    else:
-        if backbone not in STAGES:
-            raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
-        h, w = input_shape[-3], input_shape[-2]
-        if stem == "auto":
-            stem = "small" if min(h, w) < 64 else "imagenet"
-        sizes, block = STAGES[backbone]
-        encoder = ResNetEncoder(stage_sizes=sizes, block=block, width=width, stem=stem, dtype=dtype)
-        if latent_dim is not None and latent_dim != encoder.out_dim:
-            raise ValueError(f"{name}: {backbone} at width {width} has latent {encoder.out_dim}, "
-                             f"not the requested {latent_dim}")
-    return Model(encoder=encoder, num_classes=int(num_classes), modality=modality,
-                 input_shape=input_shape, name=name)

@@ -102,8 +102,14 @@ class ResNetEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     @property
+    def stage_channels(self) -> tuple:
+        """Channels of the stage maps ``return_stages`` gives (width * 2^k, x4 for bottlenecks)."""
+        mult = 4 if self.block == "bottleneck" else 1
+        return tuple(self.width * 2**i * mult for i in range(len(self.stage_sizes)))
+
+    @property
     def out_dim(self) -> int:
-        return self.width * 2 ** (len(self.stage_sizes) - 1) * (4 if self.block == "bottleneck" else 1)
+        return self.stage_channels[-1]
 
     @nn.compact
     def __call__(self, x, train: bool, return_stages: bool = False):
