@@ -17,6 +17,9 @@ shape are ``ucmkd_jax.data.spec``'s.
 Audio inside .mp4 / .flv is demuxed and decoded with PyAV at its native rate; every path then
 goes through librosa's resampler (soxr_hq, what ``librosa.load`` uses), so .wav and container
 audio are resampled alike.
+
+A file that stops short of the duration its header declares (a container's streams, a WAV's data
+chunk) is an error with reason ``truncated_media`` (``data_prep.media``), not a shorter sound.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from data_prep.media import TRUNCATED, MediaError, PacketSpans, wav_truncation
 from ucmkd_jax.data.spec import CLIP_SECONDS, N_FFT, NOVERLAP, SAMPLE_RATE, SPECTROGRAM_SHAPE
 
 __all__ = ["AudioError", "load_audio", "tile_to_length", "power_spectrogram", "log_spectrogram",
@@ -36,7 +40,7 @@ STD_EPS = 1e-9
 _SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 
-class AudioError(ValueError):
+class AudioError(MediaError):
     """Unreadable, truncated or empty audio; the message names the file."""
 
 
@@ -53,12 +57,23 @@ def _decode_with_av(path: str):
             rate = stream.codec_context.sample_rate or stream.rate
             resampler = None
             chunks = []
-            for frame in container.decode(stream):
-                if resampler is None:  # planar float at the native rate and layout: no mixing yet
-                    resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
-                    rate = frame.sample_rate
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
+            # demux everything first: truncation shows in all streams' timestamps, and a cut file's
+            # last, partial packet would otherwise fail to decode before the check
+            spans, packets = PacketSpans(container), []
+            for packet in container.demux():
+                spans.add(packet)
+                if packet.stream.index == stream.index:
+                    packets.append(packet)  # with the final empty one, which flushes the decoder
+            short = spans.shortfall()
+            if short:
+                raise AudioError(f"{path}: truncated: {short}", reason=TRUNCATED)
+            for packet in packets:
+                for frame in packet.decode():
+                    if resampler is None:  # planar float at the native rate and layout: no mixing yet
+                        resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+                        rate = frame.sample_rate
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray())
             if resampler is not None:
                 for out in resampler.resample(None):
                     chunks.append(out.to_ndarray())
@@ -92,8 +107,11 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, *, start: Optiona
 
         try:
             y, native = soundfile.read(path, dtype="float32", always_2d=True)
+            short = wav_truncation(path)
         except Exception as e:
             raise AudioError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from e
+        if short:
+            raise AudioError(f"{path}: truncated: {short}", reason=TRUNCATED)
         y = librosa.to_mono(y.T)
     else:
         y, native = _decode_with_av(path)

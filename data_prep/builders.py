@@ -16,6 +16,14 @@ features from the per-clip cache that ``prepare.py`` fills in parallel (a clip m
 cache is processed inline). Examples whose media turn out bad are left out and listed in
 ``builder.failures``. Nothing here is registered in the global TFDS catalogue (TFDS ships an
 audio-only ``crema_d`` of its own); read the output with ``tfds.builder_from_directory``.
+
+Byte-identical shards across processes: TFDS serialises each ``tf.train.Example`` with a plain
+``SerializeToString()``, and the protobuf runtime (upb) writes the ``features`` map in the order of
+a hash table seeded per process (not by PYTHONHASHSEED), so two runs on the same clips decoded to
+the same records but differed in their bytes. The builders hand TFDS a ``DeterministicExampleWriter``
+through its documented hook (``_example_writer``) that re-serialises each record with
+``deterministic=True`` (map entries sorted by key) before it goes to disk: same bytes, resumed or
+not, whatever the process.
 """
 from __future__ import annotations
 
@@ -28,7 +36,23 @@ from data_prep import clips as clips_lib
 from data_prep.datasets import SPLITS, Index
 from ucmkd_jax.data import spec
 
-__all__ = ["CremaD", "Ravdess", "Ave", "Vggsound", "BUILDERS"]
+__all__ = ["CremaD", "Ravdess", "Ave", "Vggsound", "BUILDERS", "DeterministicExampleWriter", "canonical_example"]
+
+
+def canonical_example(serialized: bytes) -> bytes:
+    """The same ``tf.train.Example``, serialised deterministically (map entries in key order)."""
+    from tensorflow_datasets.proto import tf_example_pb2  # the message class TFDS serialises
+
+    example = tf_example_pb2.Example()
+    example.ParseFromString(serialized)
+    return example.SerializeToString(deterministic=True)
+
+
+class DeterministicExampleWriter(tfds.core.ExampleWriter):
+    """TFDS's example writer, each record re-serialised by ``canonical_example`` on its way out."""
+
+    def write(self, path, examples):
+        return super().write(path, ((key, canonical_example(ex)) for key, ex in examples))
 
 
 class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -47,6 +71,10 @@ class _ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._short_side = short_side
         self.failures: List[clips_lib.ClipFailure] = []
         super().__init__(**kwargs)
+
+    def _example_writer(self) -> tfds.core.ExampleWriter:
+        # TFDS's hook for a custom writer: same file format, deterministic bytes (module docstring)
+        return DeterministicExampleWriter(file_format=self.info.file_format)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

@@ -37,7 +37,7 @@ class ClipFeatures:
 
 @dataclasses.dataclass(frozen=True)
 class ClipFailure:
-    reason: str  # "corrupt_media" | "empty_media"
+    reason: str  # "corrupt_media" | "empty_media" | "truncated_media" | "error"
     clip_id: str
     path: str
     detail: str
@@ -90,9 +90,13 @@ MEDIA_ERRORS = (audio_lib.AudioError, video_lib.VideoError)
 
 def failure_from_error(task: ClipTask, e: Exception) -> ClipFailure:
     msg = str(e)
-    empty = any(k in msg for k in ("zero-length", "no audio samples", "has no samples", "has no frames", "no frame in"))
+    reason = getattr(e, "reason", None)  # set where the error knows it (truncated_media)
+    if reason is None:
+        empty = any(k in msg for k in ("zero-length", "no audio samples", "has no samples", "has no frames",
+                                       "no frame in"))
+        reason = "empty_media" if empty else "corrupt_media"
     where = task.audio_path if isinstance(e, audio_lib.AudioError) else task.video_path
-    return ClipFailure("empty_media" if empty else "corrupt_media", task.clip_id, where, msg)
+    return ClipFailure(reason, task.clip_id, where, msg)
 
 
 def run_task(args):

@@ -10,7 +10,9 @@ Writes ``OUT/<dataset>/<config>/<version>/`` (TFRecord shards + dataset_info.jso
 ``prep_report.json`` next to them: clips written per split, and every clip or annotation row
 left out with its reason (counts and ids). Exit status: 0 ok; 2 bad arguments or raw layout;
 3 more than ``--max-bad-fraction`` (default 0.05) of the clips were bad (shards are still
-written); 130 interrupted.
+written); 130 interrupted. A split that comes out empty or smaller than ``--min-split-clips``
+(default 64, one training batch of the protocol) is warned about on stderr and listed under
+``warnings`` in the report, without changing the exit status.
 
 Two stages. (1) Each clip is decoded in ``--workers`` processes and its features saved
 atomically to ``OUT/_cache/<dataset>/<config>/`` (progress bar with clips/s and ETA); a crash or
@@ -40,12 +42,17 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data_prep import clips as clips_lib  # noqa: E402
 from data_prep import datasets as ds_lib  # noqa: E402
+from ucmkd_jax import cli  # noqa: E402
 from ucmkd_jax.data import spec  # noqa: E402
 
-__all__ = ["main", "build_index", "config_name", "process_all", "NOT_BAD_REASONS"]
+__all__ = ["main", "build_index", "config_name", "process_all", "split_warnings", "NOT_BAD_REASONS",
+           "MIN_SPLIT_CLIPS"]
 
 # Reasons that are bookkeeping of the annotations, not bad data: they do not count as bad.
 NOT_BAD_REASONS = {"duplicate_row", "in_two_splits", "not_in_split_files"}
+# One training batch of the protocol (ucmkd_jax.config TrainConfig.batch_size): a split smaller than
+# that (or empty: few actors held out 70/10/20 can leave val without one) is worth a warning.
+MIN_SPLIT_CLIPS = 64
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,8 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="resize frames so the shorter side has this many pixels; 0 keeps the decoded size")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="exit 3 if more than this fraction of clips is bad (default 0.05)")
+    p.add_argument("--min-split-clips", type=int, default=MIN_SPLIT_CLIPS,
+                   help=f"warn when a split has fewer clips than this (default {MIN_SPLIT_CLIPS}, one training batch)")
     p.add_argument("--keep-cache", action="store_true", help="keep OUT/_cache after a successful run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(cli.DEBUG_FLAG, action="store_true", help="show the traceback of an error (default: one line)")
     return p
 
 
@@ -145,7 +155,20 @@ def _remove_stale_incomplete(config_dir: Path) -> List[str]:
     return removed
 
 
-def _report(index, failures, written, config, version_dir, elapsed, max_bad) -> dict:
+def split_warnings(written: dict, min_clips: int, where: str) -> List[str]:
+    """A line per split of ``written`` (split -> clips) that is empty or has fewer than ``min_clips``."""
+    out = []
+    for s in ds_lib.SPLITS:
+        n = written.get(s, 0)
+        if n == 0:
+            out.append(f"{where}: split {s!r} is empty (0 clips)")
+        elif n < min_clips:
+            out.append(f"{where}: split {s!r} has {n} clips, fewer than --min-split-clips {min_clips} "
+                       f"(one training batch)")
+    return out
+
+
+def _report(index, failures, written, config, version_dir, elapsed, max_bad, warnings) -> dict:
     skipped = [dataclasses.asdict(s) for s in index.skipped] + [dataclasses.asdict(f) for f in failures]
     by_reason = collections.defaultdict(list)
     for s in skipped:
@@ -168,6 +191,7 @@ def _report(index, failures, written, config, version_dir, elapsed, max_bad) -> 
         "num_bad": n_bad,
         "bad_fraction": bad_fraction,
         "max_bad_fraction": max_bad,
+        "warnings": warnings,
         "notes": index.notes,
         "seconds": round(elapsed, 1),
     }
@@ -250,10 +274,14 @@ def main(argv=None) -> int:
         report_dir = version_dir
     else:
         report_dir = config_dir
-    report = _report(index, failures, written, config, version_dir, time.time() - t0, args.max_bad_fraction)
+    warnings = split_warnings(written, args.min_split_clips, f"{index.dataset}/{config}")
+    report = _report(index, failures, written, config, version_dir, time.time() - t0, args.max_bad_fraction,
+                     warnings)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "prep_report.json").write_text(json.dumps(report, indent=1) + "\n")
     _print_summary(report)
+    for w in warnings:
+        print(f"warning: {w}; see {report_dir / 'prep_report.json'}", file=sys.stderr)
     shutil.rmtree(out / "_cache" / "tfds_downloads", ignore_errors=True)
     if good.tasks and not args.keep_cache:
         shutil.rmtree(cache_dir, ignore_errors=True)
@@ -268,4 +296,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 __all__ = [
-    "write_wav", "write_video", "read_frame_index", "make_crema_d", "make_ravdess", "make_ave",
+    "write_wav", "write_video", "read_frame_index", "truncate", "make_crema_d", "make_ravdess", "make_ave",
     "make_vggsound", "CREMA_D_TINY", "INDEX_BITS", "CORRUPT_ID", "AVE_CLASSES", "AVE_ENTRIES",
     "VGG_ROWS",
 ]
@@ -56,10 +56,13 @@ def read_frame_index(rgb: np.ndarray) -> int:
 
 
 def write_video(path, seconds: float = 3.0, fps: Fraction = Fraction(30000, 1001), width: int = 64,
-                height: int = 48, audio: bool = True, sr: int = 44_100, freq: float = 440.0):
+                height: int = 48, audio: bool = True, sr: int = 44_100, freq: float = 440.0,
+                faststart: bool = False, audio_seconds: Optional[float] = None):
     """A short video whose frame i shows index i; .flv gets FLV1 + MP3, others MPEG-4 + AAC.
 
-    Audio (if any) is a mono tone of ``seconds`` at ``sr`` Hz.
+    Audio (if any) is a mono tone of ``audio_seconds`` (default ``seconds``) at ``sr`` Hz.
+    ``faststart`` (.mp4) puts the index (moov) before the media data, as web downloads have it:
+    cut short, such a file still opens.
     """
     import av
 
@@ -68,7 +71,7 @@ def write_video(path, seconds: float = 3.0, fps: Fraction = Fraction(30000, 1001
     flv = path.endswith(".flv")
     fps = Fraction(fps)
     n_frames = int(round(seconds * fps))
-    with av.open(path, "w") as out:
+    with av.open(path, "w", options={"movflags": "faststart"} if faststart else None) as out:
         vs = out.add_stream("flv" if flv else "mpeg4", rate=fps)
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         vs.codec_context.time_base = 1 / fps
@@ -86,7 +89,7 @@ def write_video(path, seconds: float = 3.0, fps: Fraction = Fraction(30000, 1001
         for packet in vs.encode(None):
             out.mux(packet)
         if as_ is not None:
-            n = int(round(seconds * sr))
+            n = int(round((seconds if audio_seconds is None else audio_seconds) * sr))
             y = (0.3 * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)
             chunk = as_.codec_context.frame_size or 1024
             for k, a in enumerate(range(0, n, chunk)):
@@ -102,6 +105,15 @@ def write_video(path, seconds: float = 3.0, fps: Fraction = Fraction(30000, 1001
             for packet in as_.encode(None):
                 out.mux(packet)
     return path
+
+
+def truncate(path, fraction: float, dest=None):
+    """Keep the first ``fraction`` of ``path``'s bytes (in place, or written to ``dest``), as an
+    interrupted download or copy leaves a file. Returns the truncated file's path."""
+    data = Path(path).read_bytes()
+    dest = Path(dest or path)
+    dest.write_bytes(data[:int(len(data) * fraction)])
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ window are kept instead; a window with fewer frames than that keeps all of them.
 Stored size: the shorter side is resized to ``short_side`` pixels (default 256, the spec's
 ``STORED_SHORT_SIDE``; aspect kept, bilinear with antialiasing), or the decoded size when
 ``short_side`` is None / 0. JPEG quality 90.
+
+A file that stops short of the duration its header declares is an error with reason
+``truncated_media`` (``data_prep.media``), not a shorter clip.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from data_prep.media import TRUNCATED, MediaError, PacketSpans
 from ucmkd_jax.data.spec import STORED_SHORT_SIDE
 
 __all__ = ["VideoError", "frame_times", "select_frames", "extract_frames"]
@@ -29,7 +33,7 @@ JPEG_QUALITY = 90
 _TIME_TOL = 1e-6
 
 
-class VideoError(ValueError):
+class VideoError(MediaError):
     """Unreadable, truncated or empty video; the message names the file."""
 
 
@@ -37,7 +41,8 @@ def frame_times(path: str) -> List[float]:
     """Presentation times (s) of the first video stream's frames, sorted, relative to the first.
 
     Read from the demuxed packets (no decoding). Streams without timestamps fall back to
-    index / average frame rate.
+    index / average frame rate. A file whose streams stop short of its declared duration raises
+    VideoError with reason ``truncated_media``.
     """
     import av
 
@@ -47,14 +52,19 @@ def frame_times(path: str) -> List[float]:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
             pts, n = [], 0
-            for packet in container.demux(stream):
-                if packet.size == 0:  # flush packet
+            spans = PacketSpans(container)
+            for packet in container.demux():  # every stream: truncation shows in all of them
+                spans.add(packet)
+                if packet.stream.index != stream.index or packet.size == 0:  # other stream / flush
                     continue
                 n += 1
                 if packet.pts is not None:
                     pts.append(packet.pts)
             tb = stream.time_base
             rate = stream.average_rate or stream.guessed_rate
+            short = spans.shortfall()
+            if short:
+                raise VideoError(f"{path}: truncated: {short}", reason=TRUNCATED)
     except VideoError:
         raise
     except Exception as e:
@@ -145,5 +155,6 @@ def extract_frames(path: str | os.PathLike, *, start: float = 0.0, end: Optional
         raise VideoError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from e
     missing = [i for i in keep if i not in jpegs]
     if missing:
-        raise VideoError(f"{path}: truncated: frames {missing} listed by the container could not be decoded")
+        raise VideoError(f"{path}: truncated: frames {missing} listed by the container could not be decoded",
+                         reason=TRUNCATED)
     return [jpegs[i] for i in keep], list(keep), [times[i] for i in keep]

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -55,7 +54,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import run as run_cli  # noqa: E402
-from ucmkd_jax import bound, results  # noqa: E402
+from ucmkd_jax import bound, cli, results  # noqa: E402
 from ucmkd_jax.config import to_dict  # noqa: E402
 from ucmkd_jax.data import eval_batches, load_dataset, roles  # noqa: E402
 from ucmkd_jax.experiment import expand_directions, run_experiment  # noqa: E402
@@ -64,6 +63,25 @@ from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
 DEFAULT_METHODS = "ce,feature_kd,ucmkd"
 TERMS = ("err_t", "fa_e", "la_e", "w_concentration", "la_generalisation", "bound_thm26", "bound_thm27",
          "student_ce", "student_test_acc", "tau", "w")
+# What bound.json and bound.md say about how each term was computed.
+NOTES = [
+    "tau: max_{i != j} ||w_i - w_j||_* over the teacher head's kernel columns (dual norm of the metric): "
+    "the sup over features and label distributions of the gradient norm of the teacher-head CE, a global "
+    "Lipschitz constant (never below the true one); spectral_tau_l2 = sqrt(2)||W||_2 is looser; "
+    "fa_by_cost.*.tau_empirical_max_ratio is the largest ratio on 4096 random test-feature pairs (a lower "
+    "bound).",
+    "W: OTT Sinkhorn, epsilon = ot_epsilon_relative x mean cost (annealed from 100x), plan rounded onto the "
+    "exact uniform marginals (Altschuler et al. 2017): <P, C> >= exact W_1.",
+    "FA_e = min over delta in {l2, l1} of tau_delta W_delta (Eq. 10 over a two-element Delta).",
+    "LA_e: Eq. 9 with kappa_i = p_T(y_i | z_i) (Appendix D), so LA_e = student CE - "
+    "mean_i(-kappa_i log kappa_i).",
+    "Theorem 2.7 terms computed: w_concentration (as printed, i.e. support diameter 1; "
+    "w_concentration_diameter_scaled uses the empirical diameter) and la_generalisation (Eq. 51 with the e of "
+    "Eq. 50; C3 = max_i |f_i| on the test split, an estimate; d = vc_dims[vc_dim_used]). Not computed: "
+    "O(n_S^-1/s1) + O(n_T^-1/s2) (unknown constants and Wasserstein dimensions), so bound_thm27 omits them.",
+    "err_T and all terms are evaluated on the test splits (n_S student, n_T teacher test samples).",
+]
+
 
 
 def parse_args(argv=None):
@@ -191,7 +209,8 @@ def plot(path, summary, dataset):
             ax.text(i + 0.2, r["student_ce"], f"{r['student_ce']:.2f}", ha="center", va="bottom", fontsize=8)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_xticks(x, [f"{r['method']}\n(n={r['n']})" for r in rows])
-        ax.set(title=f"{dataset} {results.DIRECTION_NAMES.get(d, d)}: bound vs actual (test)", ylabel="cross-entropy (nats)")
+        ax.set(title=f"{dataset} {results.DIRECTION_NAMES.get(d, d)}: bound vs actual (test)",
+               ylabel="cross-entropy (nats)")
         ax.grid(axis="y", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.text(0.01, 0.01, "left bar: Thm 2.6 terms stacked (black line = Thm 2.6 bound), hatched = Thm 2.7 "
@@ -208,102 +227,88 @@ def main(argv=None, dataset=None):
     maybe_initialize_distributed()  # a multi-host job: every host trains, process 0 writes
     out = run_args.out or os.path.join("runs", f"{cfg.dataset}_bound")
     os.makedirs(out, exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    settings = {"delta": args.delta, "ot_epsilon_relative": args.ot_epsilon, "ot_iterations": args.ot_iterations,
-                "ot_threshold": args.ot_threshold, "vc_dim": args.vc_dim, "split": "test",
-                "costs": ["l2", "l1"]}
-    notes = [
-        "tau: max_{i != j} ||w_i - w_j||_* over the teacher head's kernel columns (dual norm of the metric): "
-        "the sup over features and label distributions of the gradient norm of the teacher-head CE, a global "
-        "Lipschitz constant (never below the true one); spectral_tau_l2 = sqrt(2)||W||_2 is looser; "
-        "fa_by_cost.*.tau_empirical_max_ratio is the largest ratio on 4096 random test-feature pairs (a lower bound).",
-        "W: OTT Sinkhorn, epsilon = ot_epsilon_relative x mean cost (annealed from 100x), plan rounded onto the "
-        "exact uniform marginals (Altschuler et al. 2017): <P, C> >= exact W_1.",
-        "FA_e = min over delta in {l2, l1} of tau_delta W_delta (Eq. 10 over a two-element Delta).",
-        "LA_e: Eq. 9 with kappa_i = p_T(y_i | z_i) (Appendix D), so LA_e = student CE - mean_i(-kappa_i log kappa_i).",
-        "Theorem 2.7 terms computed: w_concentration (as printed, i.e. support diameter 1; "
-        "w_concentration_diameter_scaled uses the empirical diameter) and la_generalisation (Eq. 51 with the e of "
-        "Eq. 50; C3 = max_i |f_i| on the test split, an estimate; d = vc_dims[vc_dim_used]). Not computed: "
-        "O(n_S^-1/s1) + O(n_T^-1/s2) (unknown constants and Wasserstein dimensions), so bound_thm27 omits them.",
-        "err_T and all terms are evaluated on the test splits (n_S student, n_T teacher test samples).",
-    ]
-    path = os.path.join(out, "bound.json")
-    state = {"config": cfg_dict, "settings": settings, "notes": notes, "records": [], "summary": []}
-    if os.path.exists(path) and not run_args.fresh:
-        with open(path) as f:
-            old = json.load(f)
-        results.check_resumable(dict(old["config"], bound=old["settings"]), dict(cfg_dict, bound=settings), out,
-                                path, "bound results")
-        state["records"] = old["records"]
-        print(f"resuming: {len(state['records'])} finished run(s) found in {path}")
-    done = {(r["direction"], r["method"], r["seed"]) for r in state["records"]}
-    directions = expand_directions(cfg.direction)
-    seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
-    if any((d, m, s) not in done for d in directions for m in cfg.methods for s in seeds):
-        # in memory (no streaming): the bound's pools and test features are arrays
-        dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir,
-                                                                   image_size=cfg.image_size)
-        for direction in directions:
-            t_data, s_data = roles(dataset, direction)
-            if t_data.test is None or s_data.test is None:
-                raise ValueError(f"{dataset.name} {direction}: the bound is evaluated on test splits, and one is "
-                                 f"missing")
-        featurizers, teacher_terms = {}, {}
-        bs = cfg.train.eval_batch_size
+    with results.OutputLock(out):
+        cfg_dict = to_dict(cfg)
+        settings = {"delta": args.delta, "ot_epsilon_relative": args.ot_epsilon, "ot_iterations": args.ot_iterations,
+                    "ot_threshold": args.ot_threshold, "vc_dim": args.vc_dim, "split": "test",
+                    "costs": ["l2", "l1"]}
+        path = os.path.join(out, "bound.json")
+        state = {"config": cfg_dict, "settings": settings, "notes": NOTES, "records": [], "summary": []}
+        if os.path.exists(path) and not run_args.fresh:
+            old = results.read_json(path, "the finished runs")
+            results.check_resumable(dict(old["config"], bound=old["settings"]), dict(cfg_dict, bound=settings), out,
+                                    path, "bound results")
+            state["records"] = old["records"]
+            print(f"resuming: {len(state['records'])} finished run(s) found in {path}")
+        done = {(r["direction"], r["method"], r["seed"]) for r in state["records"]}
+        directions = expand_directions(cfg.direction)
+        seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
+        if any((d, m, s) not in done for d in directions for m in cfg.methods for s in seeds):
+            # in memory (no streaming): the bound's pools and test features are arrays
+            dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir,
+                                                                       image_size=cfg.image_size)
+            for direction in directions:
+                t_data, s_data = roles(dataset, direction)
+                if t_data.test is None or s_data.test is None:
+                    raise ValueError(f"{dataset.name} {direction}: the bound is evaluated on test splits, and one is "
+                                     f"missing")
+            featurizers, teacher_terms = {}, {}
+            bs = cfg.train.eval_batch_size
 
-        def on_run(run):
-            """The bound terms of one finished student (``run_experiment``'s hook)."""
-            data, r = run.seed_data, run.record
-            for model in (data.teacher_model, run.student):
-                featurizers.setdefault(model, make_featurizer(model))
-            key = (data.direction, data.seed)
-            if key not in teacher_terms:  # the teacher's test features, once per seed
-                z_t, t_logits = features(featurizers[data.teacher_model], data.teacher_variables, data.teacher.test,
-                                         bs)
-                teacher_terms[key] = (z_t, _mean_ce(t_logits, data.teacher.test.y))
-            z_t, err_t = teacher_terms[key]
-            s_test = data.student.test
-            z_s, s_logits = features(featurizers[run.student], run.result.variables, s_test, bs)
-            vc_dims = {"head": (z_s.shape[1] + 1) * dataset.num_classes,
-                       "student_params": _count(run.result.variables["params"])}
-            if args.vc_dim != "head":
-                vc_dims = {"given": int(args.vc_dim), **vc_dims}
-            head = data.teacher_variables["params"]["head"]
-            terms = bound.bound_terms(
-                teacher_kernel=np.asarray(head["kernel"]), teacher_bias=np.asarray(head["bias"]),
-                z_s=z_s, y_s=s_test.y, student_logits=s_logits, z_t=z_t, err_t=err_t,
-                delta=args.delta, vc_dims=vc_dims, epsilon=args.ot_epsilon,
-                max_iterations=args.ot_iterations, threshold=args.ot_threshold, seed=data.seed)
-            record = {"dataset": r["dataset"], "direction": r["direction"], "method": r["method"], "seed": r["seed"],
-                      "unpaired": cfg.unpaired, "subsample": cfg.subsample,
-                      "student_test_acc": r["test_acc"], "student_test_ce": r["test_ce"],
-                      "student_val_acc": r["val_acc"], "best_epoch": r["best_epoch"],
-                      "teacher_test_acc": r["teacher_test_acc"],
-                      "teacher_test_ce_evaluate": data.teacher_info.get("teacher_test_ce"),
-                      "vc_dim_used": next(iter(vc_dims)), **terms,
-                      "gap_thm26": terms["bound_thm26"] - r["test_ce"], "wall_s": r["wall_s"]}
-            if not math.isclose(terms["student_ce"], r["test_ce"], rel_tol=1e-3, abs_tol=1e-4):
-                raise AssertionError(f"student CE from features ({terms['student_ce']}) != evaluate ({r['test_ce']})")
-            state["records"].append(record)
-            results.write_json(path, state, indent=1)
-            print(f"{r['direction']} {r['method']} seed {r['seed']}: err_T {err_t:.3f} + FA_e {terms['fa_e']:.3f} "
-                  f"+ LA_e {terms['la_e']:.3f} = {terms['bound_thm26']:.3f} >= actual CE {r['test_ce']:.3f}?"
-                  f" {terms['bound_thm26'] >= r['test_ce']}")
+            def on_run(run):
+                """The bound terms of one finished student (``run_experiment``'s hook)."""
+                data, r = run.seed_data, run.record
+                for model in (data.teacher_model, run.student):
+                    featurizers.setdefault(model, make_featurizer(model))
+                key = (data.direction, data.seed)
+                if key not in teacher_terms:  # the teacher's test features, once per seed
+                    z_t, t_logits = features(featurizers[data.teacher_model], data.teacher_variables, data.teacher.test,
+                                             bs)
+                    teacher_terms[key] = (z_t, _mean_ce(t_logits, data.teacher.test.y))
+                z_t, err_t = teacher_terms[key]
+                s_test = data.student.test
+                z_s, s_logits = features(featurizers[run.student], run.result.variables, s_test, bs)
+                vc_dims = {"head": (z_s.shape[1] + 1) * dataset.num_classes,
+                           "student_params": _count(run.result.variables["params"])}
+                if args.vc_dim != "head":
+                    vc_dims = {"given": int(args.vc_dim), **vc_dims}
+                head = data.teacher_variables["params"]["head"]
+                terms = bound.bound_terms(
+                    teacher_kernel=np.asarray(head["kernel"]), teacher_bias=np.asarray(head["bias"]),
+                    z_s=z_s, y_s=s_test.y, student_logits=s_logits, z_t=z_t, err_t=err_t,
+                    delta=args.delta, vc_dims=vc_dims, epsilon=args.ot_epsilon,
+                    max_iterations=args.ot_iterations, threshold=args.ot_threshold, seed=data.seed)
+                record = {"dataset": r["dataset"], "direction": r["direction"], "method": r["method"],
+                          "seed": r["seed"], "unpaired": cfg.unpaired, "subsample": cfg.subsample,
+                          "student_test_acc": r["test_acc"], "student_test_ce": r["test_ce"],
+                          "student_val_acc": r["val_acc"], "best_epoch": r["best_epoch"],
+                          "teacher_test_acc": r["teacher_test_acc"],
+                          "teacher_test_ce_evaluate": data.teacher_info.get("teacher_test_ce"),
+                          "vc_dim_used": next(iter(vc_dims)), **terms,
+                          "gap_thm26": terms["bound_thm26"] - r["test_ce"], "wall_s": r["wall_s"]}
+                if not math.isclose(terms["student_ce"], r["test_ce"], rel_tol=1e-3, abs_tol=1e-4):
+                    raise AssertionError(f"student CE from features ({terms['student_ce']}) != evaluate "
+                                         f"({r['test_ce']})")
+                state["records"].append(record)
+                results.write_json(path, state, indent=1)
+                print(f"{r['direction']} {r['method']} seed {r['seed']}: err_T {err_t:.3f} + FA_e {terms['fa_e']:.3f} "
+                      f"+ LA_e {terms['la_e']:.3f} = {terms['bound_thm26']:.3f} >= actual CE {r['test_ce']:.3f}?"
+                      f" {terms['bound_thm26'] >= r['test_ce']}")
 
-        run_experiment(cfg, dataset, out_dir=out, done=done, on_run=on_run, progress=not run_args.no_progress,
-                       teacher_cache=run_args.teacher_cache)
-    wanted = [r for r in state["records"] if r["method"] in cfg.methods and r["direction"] in directions
-              and r["seed"] in seeds]
-    state["summary"] = summarize(wanted, directions, cfg.methods)
-    results.write_json(path, state, indent=1)
-    text = table(state["summary"], cfg.dataset)
-    results.write_text(os.path.join(out, "bound.md"), text + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
-    if results.is_primary():
-        plot(os.path.join(out, "bound.png"), state["summary"], cfg.dataset)
-    print("\n" + text)
-    print(f"\nwrote {path}, {os.path.join(out, 'bound.md')}, {os.path.join(out, 'bound.png')}")
-    return state
+            run_experiment(cfg, dataset, out_dir=out, done=done, on_run=on_run, progress=not run_args.no_progress,
+                           teacher_cache=run_args.teacher_cache)
+        wanted = [r for r in state["records"] if r["method"] in cfg.methods and r["direction"] in directions
+                  and r["seed"] in seeds]
+        state["summary"] = summarize(wanted, directions, cfg.methods)
+        results.write_json(path, state, indent=1)
+        text = table(state["summary"], cfg.dataset)
+        results.write_text(os.path.join(out, "bound.md"), text + "\n\n" + "\n".join(f"- {n}" for n in NOTES) + "\n")
+        if results.is_primary():
+            plot(os.path.join(out, "bound.png"), state["summary"], cfg.dataset)
+        print("\n" + text)
+        print(f"\nwrote {path}, {os.path.join(out, 'bound.md')}, {os.path.join(out, 'bound.png')}")
+        return state
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

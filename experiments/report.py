@@ -23,14 +23,14 @@ teacher stream, so their paper values of the main unpaired setting also stand fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ucmkd_jax.results import DIRECTION_NAMES, format_mean_std  # noqa: E402
+from ucmkd_jax import cli  # noqa: E402
+from ucmkd_jax.results import DIRECTION_NAMES, format_mean_std, read_json  # noqa: E402
 
 DATASET_NAMES = {"ave": "AVE", "ravdess": "RAVDESS", "crema_d": "CREMA-D", "vggsound": "VGGSound",
                  "synthetic": "Synthetic", "arrays": "arrays"}
@@ -47,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--paper", default=None, help="paper values, e.g. experiments/paper_tables.json")
     p.add_argument("--metric", default="test_acc", choices=["test_acc", "val_acc"])
     p.add_argument("--out", default=None, help="write the report here too (Markdown)")
+    p.add_argument(cli.DEBUG_FLAG, action="store_true", help="show the traceback of an error (default: one line)")
     return p.parse_args(argv)
 
 
@@ -72,10 +73,8 @@ def load_runs(folders):
         for path in (res_path, cfg_path):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{folder} is not a run folder: {path} is missing")
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-        with open(res_path) as f:
-            records = json.load(f)
+        cfg = read_json(cfg_path, "the run's config")
+        records = read_json(res_path, "the run's records")
         for r in records:
             reg = regime(r, cfg)
             key = (reg, r["dataset"], r["direction"], row_key(r), r["seed"])
@@ -181,8 +180,7 @@ def main(argv=None):
     rows, notes = load_runs(args.runs)
     paper = None
     if args.paper:
-        with open(args.paper) as f:
-            paper = json.load(f)
+        paper = read_json(args.paper, "the paper's tables")
     text = (f"# Results ({', '.join(args.runs)})\n\n" + tables(rows, args.metric, paper) + "\n"
             + ("".join(f"\n- {n}" for n in notes) + "\n" if notes else ""))
     if args.out:
@@ -196,4 +194,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -33,13 +33,12 @@ batches are sharded over all devices and only process 0 writes the tables.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ucmkd_jax import results  # noqa: E402
+from ucmkd_jax import cli, results  # noqa: E402
 from ucmkd_jax.config import ExperimentConfig, get_preset, to_dict  # noqa: E402
 from ucmkd_jax.data.arrays import describe_arrays, load_arrays  # noqa: E402
 from ucmkd_jax.experiment import build_models, check_run, expand_directions, run_experiment, summarize  # noqa: E402
@@ -120,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "settings (default OUT/teachers)")
     p.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(cli.DEBUG_FLAG, action="store_true", help="show the traceback of an error (default: one line)")
     return p
 
 
@@ -162,6 +162,9 @@ def parse(argv=None, parser: argparse.ArgumentParser | None = None):
 
 
 def plot_curves(out, histories):
+    """curves.png: validation accuracy per epoch, mean and range over seeds (nothing without runs)."""
+    if not histories:
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -210,13 +213,18 @@ def main(argv=None):
         dataset, models, cfg_dict["arrays"] = arrays_setup(cfg)  # bad input stops here
     out = args.out or os.path.join("runs", cfg.dataset)
     os.makedirs(os.path.join(out, "history"), exist_ok=True)
+    with results.OutputLock(out):
+        return _run(cfg, cfg_dict, args, out, dataset, models)
+
+
+def _run(cfg, cfg_dict, args, out, dataset, models):
+    """main's work on the locked output folder ``out``."""
     results_path, config_path = os.path.join(out, "results.json"), os.path.join(out, "config.json")
     records = []
     if os.path.exists(results_path) and not args.fresh:
-        with open(config_path) as f:
-            results.check_resumable(json.load(f), cfg_dict, out, config_path, "results")
-        with open(results_path) as f:
-            records = json.load(f)
+        results.check_resumable(results.read_json(config_path, "the config of the results beside it"), cfg_dict, out,
+                                config_path, "results")
+        records = results.read_json(results_path, "the finished runs")
         print(f"resuming: {len(records)} finished run(s) found in {results_path}")
     results.write_json(config_path, cfg_dict)
     done = {(r["direction"], r["method"], r["seed"]) for r in records}
@@ -245,8 +253,9 @@ def main(argv=None):
     results.write_text(os.path.join(out, "results.md"), header + table + "\n")
     histories = []
     for r in wanted:
-        with open(os.path.join(out, "history", f"{r['direction']}_{r['method']}_seed{r['seed']}.json")) as f:
-            histories.append((r["direction"], r["method"], json.load(f)))
+        name = f"{r['direction']}_{r['method']}_seed{r['seed']}.json"
+        histories.append((r["direction"], r["method"], results.read_json(os.path.join(out, "history", name),
+                                                                         "a run's per-epoch history")))
     plot_curves(out, histories)
     print("\n" + table)
     print(f"\nwrote {results_path}, {os.path.join(out, 'results.md')}, {os.path.join(out, 'curves.png')}")
@@ -254,4 +263,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -40,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from experiments import run as run_cli  # noqa: E402
-from ucmkd_jax import experiment, results  # noqa: E402  (run_experiment is looked up at call time)
+from ucmkd_jax import cli, experiment, results  # noqa: E402  (run_experiment is looked up at call time)
 from ucmkd_jax.config import to_dict  # noqa: E402
 from ucmkd_jax.data import load_dataset  # noqa: E402
 from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
@@ -184,81 +183,81 @@ def main(argv=None, dataset=None):
     cfg = dataclasses.replace(cfg, methods=(method,))
     out = run_args.out or os.path.join("runs", f"{cfg.dataset}_sweep")
     os.makedirs(os.path.join(out, "history"), exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    cfg_dict["method"]["lambda_fa"] = cfg_dict["method"]["lambda_la"] = None
-    cfg_dict["sweep"] = {"lambdas_fa": args.lambdas_fa, "lambdas_la": args.lambdas_la}
-    sweep_path = os.path.join(out, "sweep.json")
-    state = {"config": cfg_dict, "method": method, "grid": {}}
-    if os.path.exists(sweep_path) and not run_args.fresh:
-        with open(sweep_path) as f:
-            old = json.load(f)
-        results.check_resumable(old["config"], cfg_dict, out, sweep_path, "a sweep", also=_SWEPT,
-                                growable=_GROWABLE)
-        state["grid"] = old["grid"]
-        n = sum(len(c["seeds"]) for d in old["grid"].values() for c in d.values())
-        print(f"resuming: {n} finished run(s) found in {sweep_path}")
-    state["lambdas_fa"], state["lambdas_la"] = args.lambdas_fa, args.lambdas_la
-    grid = state["grid"]
-    directions = experiment.expand_directions(cfg.direction)
-    seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
+    with results.OutputLock(out):
+        cfg_dict = to_dict(cfg)
+        cfg_dict["method"]["lambda_fa"] = cfg_dict["method"]["lambda_la"] = None
+        cfg_dict["sweep"] = {"lambdas_fa": args.lambdas_fa, "lambdas_la": args.lambdas_la}
+        sweep_path = os.path.join(out, "sweep.json")
+        state = {"config": cfg_dict, "method": method, "grid": {}}
+        if os.path.exists(sweep_path) and not run_args.fresh:
+            old = results.read_json(sweep_path, "the finished cells")
+            results.check_resumable(old["config"], cfg_dict, out, sweep_path, "a sweep", also=_SWEPT,
+                                    growable=_GROWABLE)
+            state["grid"] = old["grid"]
+            n = sum(len(c["seeds"]) for d in old["grid"].values() for c in d.values())
+            print(f"resuming: {n} finished run(s) found in {sweep_path}")
+        state["lambdas_fa"], state["lambdas_la"] = args.lambdas_fa, args.lambdas_la
+        grid = state["grid"]
+        directions = experiment.expand_directions(cfg.direction)
+        seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
 
-    def save():
-        results.write_json(sweep_path, state, indent=1)
-        records = [r for d in grid.values() for c in d.values() for r in c["seeds"].values()]
-        results.write_json(os.path.join(out, "results.json"), records)
+        def save():
+            results.write_json(sweep_path, state, indent=1)
+            records = [r for d in grid.values() for c in d.values() for r in c["seeds"].values()]
+            results.write_json(os.path.join(out, "results.json"), records)
 
-    results.write_json(os.path.join(out, "config.json"), cfg_dict)
-    todo = [(a, b) for a in args.lambdas_fa for b in args.lambdas_la
-            if any(str(s) not in grid.get(d, {}).get(cell_key(a, b), {}).get("seeds", {})
-                   for d in directions for s in seeds)]
-    print(f"sweep of {method}: {len(args.lambdas_fa)} x {len(args.lambdas_la)} cells, "
-          f"{len(directions)} direction(s), {cfg.seeds} seed(s); {len(todo)} cell(s) to run -> {out}")
-    if todo and dataset is None:
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming, image_size=cfg.image_size)
-    for k, (a, b) in enumerate(todo):
-        key = cell_key(a, b)
-        print(f"[{k + 1}/{len(todo)}] lambda_FA={a:g}, lambda_LA={b:g}")
-        cell_cfg = dataclasses.replace(cfg, methods=(method,),
-                                       method=dataclasses.replace(cfg.method, lambda_fa=a, lambda_la=b))
-        done = {(d, method, s) for d in directions for s in seeds
-                if str(s) in grid.get(d, {}).get(key, {}).get("seeds", {})}
+        results.write_json(os.path.join(out, "config.json"), cfg_dict)
+        todo = [(a, b) for a in args.lambdas_fa for b in args.lambdas_la
+                if any(str(s) not in grid.get(d, {}).get(cell_key(a, b), {}).get("seeds", {})
+                       for d in directions for s in seeds)]
+        print(f"sweep of {method}: {len(args.lambdas_fa)} x {len(args.lambdas_la)} cells, "
+              f"{len(directions)} direction(s), {cfg.seeds} seed(s); {len(todo)} cell(s) to run -> {out}")
+        if todo and dataset is None:
+            dataset = load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming, image_size=cfg.image_size)
+        for k, (a, b) in enumerate(todo):
+            key = cell_key(a, b)
+            print(f"[{k + 1}/{len(todo)}] lambda_FA={a:g}, lambda_LA={b:g}")
+            cell_cfg = dataclasses.replace(cfg, methods=(method,),
+                                           method=dataclasses.replace(cfg.method, lambda_fa=a, lambda_la=b))
+            done = {(d, method, s) for d in directions for s in seeds
+                    if str(s) in grid.get(d, {}).get(key, {}).get("seeds", {})}
 
-        def on_run(run, a=a, b=b, key=key):
-            record = dict(run.record, lambda_fa=a, lambda_la=b)
-            cell = grid.setdefault(record["direction"], {}).setdefault(
-                key, {"lambda_fa": a, "lambda_la": b, "seeds": {}})
-            cell["seeds"][str(record["seed"])] = record
-            cell.update(summarize_cell(cell, seeds))
-            name = f"{record['direction']}_{method}_fa{a:g}_la{b:g}_seed{record['seed']}.json"
-            results.write_json(os.path.join(out, "history", name), run.history, indent=1)
-            save()
+            def on_run(run, a=a, b=b, key=key):
+                record = dict(run.record, lambda_fa=a, lambda_la=b)
+                cell = grid.setdefault(record["direction"], {}).setdefault(
+                    key, {"lambda_fa": a, "lambda_la": b, "seeds": {}})
+                cell["seeds"][str(record["seed"])] = record
+                cell.update(summarize_cell(cell, seeds))
+                name = f"{record['direction']}_{method}_fa{a:g}_la{b:g}_seed{record['seed']}.json"
+                results.write_json(os.path.join(out, "history", name), run.history, indent=1)
+                save()
 
-        experiment.run_experiment(cell_cfg, dataset, out_dir=_cell_dir(out, a, b), done=done, on_run=on_run,
-                                  progress=not run_args.no_progress, teacher_cache=run_args.teacher_cache)
-    for d in grid.values():  # summaries over the seeds asked for now
-        for cell in d.values():
-            cell.update(summarize_cell(cell, seeds))
-    save()
-    texts = []
-    for d in directions:
-        cells = grid.get(d, {})
-        name = f"{cfg.dataset} {results.DIRECTION_NAMES.get(d, d)}"
-        texts.append(grid_table(cells, args.lambdas_fa, args.lambdas_la,
-                                f"{method} on {name}: student test accuracy (%)"))
-        if results.is_primary():
-            plot_heatmap(os.path.join(out, f"heatmap_{d}.png"),
-                         grid_matrix(cells, args.lambdas_fa, args.lambdas_la),
-                         args.lambdas_fa, args.lambdas_la, f"{method}, {name}", cfg.seeds)
-    text = (f"# λ sweep: {method} on {cfg.dataset} (regime {cfg.unpaired}, subsample {cfg.subsample:g}, "
-            f"{cfg.train.epochs} epochs, {cfg.seeds} seed(s))\n\n"
-            "Rows λ_FA (λ1, inner feature alignment), columns λ_LA (λ2, inner label alignment); "
-            "mean ± sample std over seeds.\n\n" + "\n\n".join(texts) + "\n")
-    results.write_text(os.path.join(out, "sweep.md"), text)
-    print("\n" + text)
-    print(f"wrote {sweep_path}, {os.path.join(out, 'sweep.md')}, "
-          + ", ".join(os.path.join(out, f"heatmap_{d}.png") for d in directions))
-    return state
+            experiment.run_experiment(cell_cfg, dataset, out_dir=_cell_dir(out, a, b), done=done, on_run=on_run,
+                                      progress=not run_args.no_progress, teacher_cache=run_args.teacher_cache)
+        for d in grid.values():  # summaries over the seeds asked for now
+            for cell in d.values():
+                cell.update(summarize_cell(cell, seeds))
+        save()
+        texts = []
+        for d in directions:
+            cells = grid.get(d, {})
+            name = f"{cfg.dataset} {results.DIRECTION_NAMES.get(d, d)}"
+            texts.append(grid_table(cells, args.lambdas_fa, args.lambdas_la,
+                                    f"{method} on {name}: student test accuracy (%)"))
+            if results.is_primary():
+                plot_heatmap(os.path.join(out, f"heatmap_{d}.png"),
+                             grid_matrix(cells, args.lambdas_fa, args.lambdas_la),
+                             args.lambdas_fa, args.lambdas_la, f"{method}, {name}", cfg.seeds)
+        text = (f"# λ sweep: {method} on {cfg.dataset} (regime {cfg.unpaired}, subsample {cfg.subsample:g}, "
+                f"{cfg.train.epochs} epochs, {cfg.seeds} seed(s))\n\n"
+                "Rows λ_FA (λ1, inner feature alignment), columns λ_LA (λ2, inner label alignment); "
+                "mean ± sample std over seeds.\n\n" + "\n\n".join(texts) + "\n")
+        results.write_text(os.path.join(out, "sweep.md"), text)
+        print("\n" + text)
+        print(f"wrote {sweep_path}, {os.path.join(out, 'sweep.md')}, "
+              + ", ".join(os.path.join(out, f"heatmap_{d}.png") for d in directions))
+        return state
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

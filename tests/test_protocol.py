@@ -66,3 +66,16 @@ def test_the_step_cache_builds_once_per_setting(tiny_pair):
 
 def test_named_seed_offsets():
     assert seeds.teacher_seed(2) == 10_002 and seeds.extra_init_seed(2) == 7921
+
+
+def test_the_teacher_cache_key_holds_the_data(small, tmp_path):
+    """Two teacher datasets of equal shapes and sizes but other values never share a teacher."""
+    from ucmkd_jax.protocol import teacher_cache_dir
+
+    cfg = get_preset("synthetic")
+    audio = small.modalities["audio"]
+    teacher = build_model("audio", audio.sample_shape, small.num_classes, width=2, name="teacher")
+    other = dataclasses.replace(audio, train=dataclasses.replace(audio.train, x=audio.train.x + 1.0))
+    same = teacher_cache_dir(str(tmp_path), cfg, "arrays", "teacher2student", teacher, audio)
+    assert teacher_cache_dir(str(tmp_path), cfg, "arrays", "teacher2student", teacher, audio) == same
+    assert teacher_cache_dir(str(tmp_path), cfg, "arrays", "teacher2student", teacher, other) != same

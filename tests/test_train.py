@@ -10,9 +10,15 @@ from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data import Split, make_synthetic
 from ucmkd_jax.models import build_model
 from ucmkd_jax.optim import OptimConfig
-from ucmkd_jax.train import StepCache, NonFiniteLossError, evaluate, fit
+from ucmkd_jax.train import NonFiniteLossError, StepCache, evaluate, fit
 
 TC = TrainConfig(epochs=2, teacher_epochs=2, batch_size=16, eval_batch_size=32, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    """One StepCache for the module: each setting is compiled once, whichever test needs it first."""
+    return StepCache()
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +45,19 @@ def test_nonfinite_loss_stops_with_epoch_step_and_method(small):
     with pytest.raises(NonFiniteLossError, match=r"method 'ce' .*epoch 1/2, step \d+/4"):
         fit(student, sv, video.train, video.val, optim=OptimConfig(lr=1e12, clip_norm=0.0, warmup_epochs=0),
             train_config=TC, progress=False)
+
+
+def test_a_nonfinite_validation_loss_stops_the_run_by_name(small, cache, monkeypatch):
+    """Finite training losses but a NaN inference-mode evaluation (e.g. BatchNorm running
+    statistics that overflowed): stopped after that epoch, naming the method and the run."""
+    import ucmkd_jax.train as train
+
+    ds, audio, video, teacher, student, tv, sv = small
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {"acc": 0.5, "ce": float("nan"), "n": 1})
+    with pytest.raises(NonFiniteLossError, match=r"method 'ce' \(teacher audio seed 7\): the validation loss "
+                                                 r"became NaN/inf after epoch 1/2"):
+        fit(teacher, tv, audio.train, audio.val, train_config=TC, progress=False, cache=cache,
+            desc="teacher audio seed 7")
 
 
 def test_labels_out_of_range_are_named(small):
@@ -81,17 +100,28 @@ class _Interrupt(KeyboardInterrupt):
     pass
 
 
-def test_interrupted_fit_resumes_to_the_uninterrupted_result(small, tmp_path):
+def _feature_kd_run(small, cache):
+    """fit's arguments for a 3-epoch feature_kd run (momentum state, teacher stream and batch
+    stats all to be restored), and its uninterrupted result."""
+    ds, audio, video, teacher, student, tv, sv = small
+    kw = dict(method="feature_kd", teacher=teacher, teacher_variables=tv, teacher_train=audio.train,
+              train_config=dataclasses.replace(TC, epochs=3), progress=False, cache=cache, seed=3)
+    return kw, fit(student, sv, video.train, video.val, **kw)
+
+
+def _assert_same_run(a, b):
+    assert a.history == b.history and (a.best_epoch, a.best_val_acc) == (b.best_epoch, b.best_val_acc)
+    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(small, cache, tmp_path):
     """Ctrl-C after epoch 2 of 3, then the same call again: same history and variables as one
-    uninterrupted run (feature_kd: momentum state, teacher stream and batch stats all resume)."""
+    uninterrupted run."""
     from ucmkd_jax.checkpoint import RunCheckpointer
 
-    ds, audio, video, teacher, student, tv, sv = small
-    tc = dataclasses.replace(TC, epochs=3)
-    cache = StepCache()
-    kw = dict(method="feature_kd", teacher=teacher, teacher_variables=tv, teacher_train=audio.train,
-              train_config=tc, progress=False, cache=cache, seed=3)
-    whole = fit(student, sv, video.train, video.val, **kw)
+    _, _, video, _, student, _, sv = small
+    kw, whole = _feature_kd_run(small, cache)
 
     def stop_after_two(record, history):
         if record["epoch"] == 2:
@@ -104,18 +134,48 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(small, tmp_path):
     resumed = fit(student, sv, video.train, video.val, checkpoint=RunCheckpointer(str(tmp_path / "run"),
                   {"what": "test"}), on_epoch=lambda r, h: seen.append((r["epoch"], len(h))), **kw)
     assert seen == [(3, 3)]  # only the missing epoch ran; the history came back from the checkpoint
-    assert resumed.history == whole.history
-    assert (resumed.best_epoch, resumed.best_val_acc) == (whole.best_epoch, whole.best_val_acc)
-    for a, b in zip(jax.tree.leaves(resumed.variables), jax.tree.leaves(whole.variables)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_same_run(resumed, whole)
 
 
-def test_checkpoint_of_another_run_or_corrupt_is_refused_by_name(small, tmp_path):
+def test_a_state_save_that_fails_half_way_leaves_the_previous_checkpoint(small, cache, tmp_path, monkeypatch):
+    """A full disk during epoch 2's save of the train state (Orbax has left a partial temporary
+    folder, then OSError ENOSPC): the run stops with that error, and the rerun resumes from
+    epoch 1 to the uninterrupted result. (A failed save of best variables: test_checkpoint.py.)"""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from ucmkd_jax.checkpoint import RunCheckpointer
+
+    _, _, video, _, student, _, sv = small
+    kw, whole = _feature_kd_run(small, cache)
+    original = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 2:
+            partial = tmp_path / "run" / "latest" / "2.orbax-checkpoint-tmp-0"
+            partial.mkdir(parents=True)
+            (partial / "half_written").write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, step, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(ocp.CheckpointManager, "save", full_disk)
+        with pytest.raises(OSError, match="No space left on device"):
+            fit(student, sv, video.train, video.val, checkpoint=RunCheckpointer(str(tmp_path / "run"), {"w": 1}),
+                **kw)
+    seen = []
+    resumed = fit(student, sv, video.train, video.val, checkpoint=RunCheckpointer(str(tmp_path / "run"), {"w": 1}),
+                  on_epoch=lambda r, h: seen.append(r["epoch"]), **kw)
+    assert seen == [2, 3]  # resumed after epoch 1: the partial epoch-2 save was ignored
+    _assert_same_run(resumed, whole)
+
+
+def test_checkpoint_of_another_run_or_corrupt_is_refused_by_name(small, cache, tmp_path):
     from ucmkd_jax.checkpoint import CheckpointError, RunCheckpointer
 
     ds, audio, video, teacher, student, tv, sv = small
     tc = dataclasses.replace(TC, epochs=1)
-    cache = StepCache()
     fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, cache=cache,
         checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 1}))
     with pytest.raises(CheckpointError, match=r"t/latest/1 was written by a different run \(differs in: lr\)"):

@@ -18,11 +18,20 @@ class CheckpointError(RuntimeError):
 
 
 def save_variables(path: str, variables) -> None:
-    """Write ``variables`` (a pytree of arrays) to the directory ``path`` (replaced if present)."""
+    """Write ``variables`` (a pytree of arrays) to the directory ``path`` (replacing it), so that
+    ``path`` only ever holds a complete checkpoint: Orbax writes a sibling ``<path>.saving`` that
+    is renamed into place once complete (a failed or killed save leaves ``path`` as it was)."""
     path = os.path.abspath(path)
+    tmp, old = path + ".saving", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path, jax.device_get(variables), force=True)
+    ckptr.save(tmp, jax.device_get(variables), force=True)
     ckptr.wait_until_finished()
+    if os.path.isdir(path):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_variables(path: str, like):
@@ -30,6 +39,8 @@ def load_variables(path: str, like):
 
     Raises CheckpointError naming the path if it is missing, unreadable or incompatible."""
     path = os.path.abspath(path)
+    if not os.path.isdir(path) and os.path.isdir(path + ".old"):  # killed between save_variables' two renames
+        path = path + ".old"
     if not os.path.isdir(path):
         raise CheckpointError(f"no checkpoint at {path}")
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
@@ -63,9 +74,13 @@ class RunCheckpointer:
     Layout of ``directory``:
       ``latest/<epoch>/``: the whole train state (params, batch stats, optimiser state, step
         counters) and a JSON ``meta`` (epoch, history, best-so-far, the run's fingerprint);
-        Orbax writes each into a temporary folder and renames it when complete, so a kill
-        mid-write leaves the previous epoch's checkpoint as the latest. One is kept.
-      ``best/``: the best-by-validation variables (``save_variables``), rewritten on improvement.
+        Orbax writes each into a temporary folder and renames it when complete, so a kill or a
+        failed write (a full disk) mid-save leaves the previous epoch's checkpoint as the
+        latest. One is kept.
+      ``best.epoch<k>/``: the best-by-validation variables, of the epoch ``k`` the latest meta
+        names; a new best is written beside the old one before the state that points at it,
+        and the old one is removed only after that, so the pair on disk always agrees. After
+        ``finish`` it is ``best/``.
     The data position needs no state of its own: epoch e's batch order is a pure function of
     (seed, e), so resuming at an epoch boundary replays exactly the batches an uninterrupted
     run would see.
@@ -78,6 +93,7 @@ class RunCheckpointer:
         self.directory = os.path.abspath(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self._manager = None
+        self._best_epoch = None
 
     @property
     def manager(self):
@@ -90,7 +106,11 @@ class RunCheckpointer:
 
     @property
     def best_path(self) -> str:
+        """Where the best variables are once the run is over (``finish``)."""
         return os.path.join(self.directory, "best")
+
+    def _best_of(self, epoch: int) -> str:
+        return os.path.join(self.directory, f"best.epoch{epoch}")
 
     def restore(self, state_like):
         """(state, meta) of the latest complete checkpoint, or None if there is none.
@@ -128,24 +148,41 @@ class RunCheckpointer:
                 raise CheckpointError(f"checkpoint {where} does not match the model at {p}: stored "
                                       f"{np.shape(a)} {np.asarray(a).dtype}, expected {np.shape(b)} {np.asarray(b).dtype}")
         state = jax.tree.unflatten(jax.tree.structure(like), stored)
+        self._best_epoch = meta.get("best_epoch")
         return state, meta
 
+    def restore_best(self, meta: dict, like):
+        """The best variables the restored ``meta`` names (``like``: their structure)."""
+        return load_variables(self._best_of(meta["best_epoch"]), like)
+
     def save(self, epoch: int, state, meta: dict, best_variables=None) -> None:
-        """Write epoch ``epoch`` (1-based, completed). ``best_variables``: new best, if any
-        (written first, so the latest checkpoint never points past the best on disk)."""
+        """Write epoch ``epoch`` (1-based, completed); ``meta["best_epoch"]`` names the best so
+        far. ``best_variables``: the new best (of this epoch), if any."""
         if best_variables is not None:
-            save_variables(self.best_path, best_variables)
+            save_variables(self._best_of(epoch), best_variables)
         paths, leaves = _flat(jax.device_get(state))
         meta = dict(meta, epoch=epoch, fingerprint=self.fingerprint, paths=paths)
         flat = {f"leaf_{i:05d}": np.asarray(a) for i, a in enumerate(leaves)}
         self.manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
+        self._best_epoch = meta.get("best_epoch")
+        self._prune_best()
+
+    def _prune_best(self) -> None:
+        """Remove the best variables no checkpoint points at any more."""
+        keep = None if self._best_epoch is None else os.path.basename(self._best_of(self._best_epoch))
+        for name in os.listdir(self.directory):
+            if name.startswith("best.epoch") and name != keep:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def finish(self) -> None:
-        """The run is over: drop the resumable state (large: optimiser moments) and keep
-        ``best/``."""
+        """The run is over: keep its best variables as ``best/`` and drop the resumable state
+        (large: optimiser moments)."""
         if self._manager is not None:
             self._manager.close()
             self._manager = None
+        if self._best_epoch is not None and os.path.isdir(self._best_of(self._best_epoch)):
+            shutil.rmtree(self.best_path, ignore_errors=True)
+            os.rename(self._best_of(self._best_epoch), self.best_path)
         shutil.rmtree(os.path.join(self.directory, "latest"), ignore_errors=True)

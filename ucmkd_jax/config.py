@@ -21,14 +21,15 @@ import dataclasses
 import json
 from typing import Literal, Optional, Tuple
 
+from ucmkd_jax.data.arrays import DIRECTION as ARRAYS
 from ucmkd_jax.methods.baselines import BaselineConfig
 from ucmkd_jax.optim import OptimConfig
-from ucmkd_jax.overrides import ConfigError, choice_field, validate
+from ucmkd_jax.overrides import ConfigError, bounded, choice_field, validate
 
 __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset", "to_dict", "ARRAYS_DIRECTION",
            "DIRECTIONS"]
 
-ARRAYS_DIRECTION = "teacher2student"  # --dataset arrays: the two .npz files say who teaches
+ARRAYS_DIRECTION = ARRAYS  # --dataset arrays: the two .npz files say who teaches
 DIRECTIONS = ("a2v", "v2a", "both", ARRAYS_DIRECTION)
 
 
@@ -72,11 +73,11 @@ class ModelConfig:
     backbone: str = choice_field("resnet18", _backbones(auto=False))
     teacher_backbone: str = choice_field("auto", _backbones(auto=True))
     student_backbone: str = choice_field("auto", _backbones(auto=True))
-    width: int = 64
+    width: int = bounded(64, ge=1)
     stem: Literal["auto", "imagenet", "small"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    latent_dim: Optional[int] = None
-    mlp_depth: int = 2
+    latent_dim: Optional[int] = bounded(None, ge=1)
+    mlp_depth: int = bounded(2, ge=1)
 
     def __post_init__(self):
         validate(self)
@@ -85,17 +86,25 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """epochs: student epochs; teacher_epochs: teacher pre-training epochs (CE on its own
-    modality); eval_batch_size: evaluation batch (padded, so one compiled shape); log_every:
-    steps between progress-bar updates (each a small host sync); data_parallel: with more than
-    one device, shard every batch over all of them (``ucmkd_jax.parallel``; batch sizes must
-    divide by the device count)."""
+    modality; 0 distils an untrained teacher, refused unless ``allow_untrained_teacher``: an
+    ablation, never a default); eval_batch_size: evaluation batch (padded, so one compiled
+    shape); log_every: steps between progress-bar updates (each a small host sync);
+    data_parallel: with more than one device, shard every batch over all of them
+    (``ucmkd_jax.parallel``; batch sizes must divide by the device count)."""
 
-    epochs: int = 100
-    teacher_epochs: int = 100
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    log_every: int = 10
+    epochs: int = bounded(100, ge=1, why="0 epochs would report an untrained student")
+    teacher_epochs: int = bounded(100, ge=0)
+    batch_size: int = bounded(64, ge=1)
+    eval_batch_size: int = bounded(256, ge=1)
+    log_every: int = bounded(10, ge=1)
     data_parallel: bool = True
+    allow_untrained_teacher: bool = False
+
+    def __post_init__(self):
+        validate(self)
+        if self.teacher_epochs == 0 and not self.allow_untrained_teacher:
+            raise ConfigError("teacher_epochs=0 would distil from an untrained teacher (its random init); if that "
+                              "is the ablation you want, also set train.allow_untrained_teacher=true")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +131,17 @@ class ExperimentConfig:
     data_dir: Optional[str] = None
     teacher_data: Optional[str] = None
     student_data: Optional[str] = None
-    num_classes: Optional[int] = None
+    num_classes: Optional[int] = bounded(None, ge=2)
     direction: str = choice_field("a2v", lambda: DIRECTIONS)
     methods: Tuple[str, ...] = choice_field(("ce", "feature_kd", "ucmkd"), _methods)
-    seeds: int = 5
-    first_seed: int = 0
+    seeds: int = bounded(5, ge=1)
+    first_seed: int = bounded(0, ge=0)
     unpaired: str = choice_field("easy", _regimes)
-    subsample: float = 1.0
-    regime_noise: float = 0.5
-    regime_imbalance: float = 10.0
+    subsample: float = bounded(1.0, gt=0.0, le=1.0)
+    regime_noise: float = bounded(0.5, ge=0.0)
+    regime_imbalance: float = bounded(10.0, ge=1.0)
     streaming: bool = False
-    image_size: int = 224
+    image_size: int = bounded(224, ge=1)
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
@@ -140,8 +149,8 @@ class ExperimentConfig:
 
     def __post_init__(self):
         validate(self)
-        if not 0.0 < self.subsample <= 1.0:
-            raise ConfigError(f"subsample must be in (0, 1], got {self.subsample}")
+        if not self.methods:
+            raise ConfigError("methods is empty: name at least one (e.g. --methods ce,ucmkd)")
         arrays = self.dataset == "arrays"
         given = [f for f in ("teacher_data", "student_data", "num_classes") if getattr(self, f) is not None]
         if given and not arrays:

@@ -180,8 +180,8 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
 def summarize(records: List[dict]) -> str:
     """Markdown table: one row per (direction, method); accuracies in %, mean ± std over seeds
     (sample std, ddof=1)."""
-    lines = ["| direction | method | seeds | student val acc (%) | student test acc (%) | teacher test acc (%) | wall s / run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| direction | method | seeds | student val acc (%) | student test acc (%) | teacher test acc (%) "
+             "| wall s / run |", "|---|---|---|---|---|---|---|"]
     keys = []
     for r in records:
         if (r["direction"], r["method"]) not in keys:

@@ -1,9 +1,12 @@
-"""Outer and inner optimisers (ALGORITHM.md, step 7 and "Inner optimiser")."""
+"""Outer and inner optimisers: the outer SGD of Table 12 and the inner optimiser of the bilevel
+step (``MethodConfig.inner_opt``)."""
 from __future__ import annotations
 
 import dataclasses
 
 import optax
+
+from ucmkd_jax.overrides import bounded, validate
 
 __all__ = ["OptimConfig", "learning_rate_schedule", "outer_optimizer", "inner_optimizer"]
 
@@ -16,13 +19,16 @@ class OptimConfig:
     from 1e-5, cosine down to 1e-5, clip 5.0, no weight decay.
     """
 
-    lr: float = 1e-2
-    momentum: float = 0.9
-    warmup_epochs: float = 5.0
-    init_lr: float = 1e-5
-    end_lr: float = 1e-5
-    clip_norm: float = 5.0
-    weight_decay: float = 0.0
+    lr: float = bounded(1e-2, gt=0.0)
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: float = bounded(5.0, ge=0.0)
+    init_lr: float = bounded(1e-5, ge=0.0)
+    end_lr: float = bounded(1e-5, ge=0.0)
+    clip_norm: float = bounded(5.0, ge=0.0, why="0 turns clipping off")
+    weight_decay: float = bounded(0.0, ge=0.0)
+
+    def __post_init__(self):
+        validate(self)
 
 
 def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:

@@ -20,8 +20,8 @@ import dataclasses
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-__all__ = ["ConfigError", "choice_field", "validate", "field_types", "settable_paths", "parse_value", "get_field",
-           "set_field", "apply_overrides", "describe_fields", "choices_of"]
+__all__ = ["ConfigError", "choice_field", "bounded", "validate", "field_types", "settable_paths", "parse_value",
+           "get_field", "set_field", "apply_overrides", "describe_fields", "choices_of"]
 
 _TRUE, _FALSE, _NONE = ("true", "yes", "1", "on"), ("false", "no", "0", "off"), ("none", "null")
 
@@ -34,6 +34,17 @@ def choice_field(default, choices: Callable[[], Iterable[str]], doc: str = ""):
     """A dataclass field whose value (or, for a tuple, each element) must be in ``choices()``,
     a callable so that registries filled at import time (methods, backbones) are read late."""
     return dataclasses.field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+def bounded(default, *, ge=None, gt=None, le=None, lt=None, why: str = ""):
+    """A numeric dataclass field that ``validate`` keeps within the given bounds (None, for an
+    Optional field, is always allowed); ``why`` is added to the message."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"bounds": bounds, "why": why})
+
+
+_RELATIONS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+              "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
 
 
 def field_types(obj) -> Dict[str, Any]:
@@ -66,13 +77,17 @@ def choices_of(obj, name: str) -> Optional[Tuple]:
 
 def validate(obj) -> None:
     """Raise ConfigError unless every field of the dataclass ``obj`` with choices holds one of
-    them (each element, for tuples). Call it from ``__post_init__``."""
+    them (each element, for tuples) and every ``bounded`` field is within its bounds. Call it
+    from ``__post_init__``."""
     for f in dataclasses.fields(obj):
-        allowed = choices_of(obj, f.name)
-        if allowed is None:
-            continue
         value = getattr(obj, f.name)
-        if value is None:
+        for rel, bound in f.metadata.get("bounds", {}).items():
+            sign, ok = _RELATIONS[rel]
+            if value is not None and not ok(value, bound):
+                why = f" ({f.metadata['why']})" if f.metadata.get("why") else ""
+                raise ConfigError(f"{type(obj).__name__}.{f.name} must be {sign} {bound}{why}; got {value!r}")
+        allowed = choices_of(obj, f.name)
+        if allowed is None or value is None:
             continue
         for v in (value if isinstance(value, tuple) else (value,)):
             if v not in allowed:

@@ -28,6 +28,7 @@ import time
 from typing import Any, List, Optional
 
 import jax
+import numpy as np
 
 from ucmkd_jax import seeds
 from ucmkd_jax.checkpoint import RunCheckpointer, load_variables, save_variables
@@ -40,7 +41,7 @@ from ucmkd_jax.run_log import EpochLog
 from ucmkd_jax.train import StepCache, TrainResult, evaluate, fit
 
 __all__ = ["SeedData", "StudentRun", "check_batch_fits", "prepare_seed", "pretrain_teacher", "evaluate_teacher",
-           "teacher_cache_dir", "train_student"]
+           "data_fingerprint", "teacher_cache_dir", "train_student"]
 
 
 @dataclasses.dataclass
@@ -92,19 +93,34 @@ def teacher_cache_dir(root: str, cfg: ExperimentConfig, dataset_name: str, direc
                       data: ModalityData) -> str:
     """``<root>/<direction>/<key>``: the key hashes everything a pre-trained teacher depends on
     (dataset, modality and input shape, backbone, teacher epochs, batch size, optimiser,
-    subsample, train split size), so runs with different student settings share teachers and a
-    changed teacher setting never picks up a stale one. ``key.json`` beside it spells it out."""
+    subsample, train split size, and the teacher's data themselves: ``data_fingerprint``), so
+    runs with different student settings share teachers and a changed teacher setting or file
+    never picks up a stale one. ``key.json`` beside it spells it out."""
     desc = {"dataset": dataset_name, "direction": direction, "modality": data.modality,
             "input_shape": list(teacher.input_shape), "latent_dim": teacher.latent_dim,
             "model": to_dict(cfg.model), "teacher_epochs": cfg.train.teacher_epochs,
             "batch_size": cfg.train.batch_size, "optim": to_dict(cfg.optim), "subsample": cfg.subsample,
-            "n_train": len(data.train)}
+            "n_train": len(data.train), "data": data_fingerprint(data)}
     text = json.dumps(desc, sort_keys=True)
     path = os.path.join(root, direction, hashlib.sha1(text.encode()).hexdigest()[:12])
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "key.json"), "w") as f:
         f.write(json.dumps(desc, indent=1, sort_keys=True))
     return path
+
+
+def data_fingerprint(data: ModalityData) -> str:
+    """A SHA-1 of the teacher's training and selection data: the train split's inputs and labels
+    (for a shard stream: its shard folder and clip positions) and the validation split's."""
+    h = hashlib.sha1()
+    for split in (data.train, data.val):
+        if isinstance(split, Split):
+            h.update(np.ascontiguousarray(split.y).tobytes())
+            h.update(np.ascontiguousarray(split.x).tobytes())
+        elif split is not None:  # a TrainStream: what it reads, not the decoded bytes
+            h.update(str(getattr(split, "path", "")).encode())
+            h.update(np.asarray(getattr(split, "student_indices", [])).tobytes())
+    return h.hexdigest()
 
 
 def evaluate_teacher(cfg: ExperimentConfig, teacher: Model, variables, data: ModalityData,

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["DIRECTION_NAMES", "GROWABLE", "is_primary", "write_json", "write_text", "comparable", "check_resumable",
-           "mean_std", "format_mean_std"]
+__all__ = ["DIRECTION_NAMES", "GROWABLE", "is_primary", "write_json", "write_text", "read_json", "OutputLock",
+           "comparable", "check_resumable", "mean_std", "format_mean_std"]
 
 DIRECTION_NAMES = {"a2v": "A→V", "v2a": "V→A"}
 # Config fields a rerun may change without invalidating finished runs: each record names its
@@ -46,6 +48,81 @@ def write_text(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def read_json(path: str, what: str = "this file"):
+    """The JSON content of ``path``; a missing, empty or torn file raises ValueError naming it."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        return json.loads(text)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing ({what}); the folder is incomplete: rerun with --fresh, or use "
+                         f"another --out") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        state = "empty" if not text.strip() else f"not valid JSON ({e})"
+        raise ValueError(f"{path} ({what}) is {state}: it was cut short (an interrupted or failed write?); "
+                         f"delete it, or rerun with --fresh to start over") from None
+
+
+class OutputLock:
+    """Exclusive use of an output folder by one run, as a lock file ``<out>/.lock`` holding the
+    owner's host and pid (``with OutputLock(out): ...``). A second run on the same folder stops
+    with an error naming the first; a lock left by a process that no longer runs on this host
+    (``kill -9``) is taken over. On a multi-host job only process 0 takes it."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, ".lock")
+        self.held = False
+
+    def __enter__(self):
+        if not is_primary():
+            return self
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and not self._stale(owner):
+                    raise ValueError(f"another run (pid {owner.get('pid')} on {owner.get('host')}, since "
+                                     f"{owner.get('since')}) is writing to {os.path.dirname(self.path)}: wait for it "
+                                     f"or use another --out (if it is gone, delete {self.path})") from None
+                os.remove(self.path)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise ValueError(f"could not take the lock {self.path}")
+
+    def _owner(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return None  # torn or vanished: treated as stale
+
+    @staticmethod
+    def _stale(owner: dict) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return False  # another machine's process cannot be checked from here
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+        return False
+
+    def __exit__(self, *exc):
+        if self.held:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+        return False
 
 
 def comparable(cfg_dict: dict, also: Iterable[str] = (), growable: Iterable[str] = GROWABLE) -> dict:

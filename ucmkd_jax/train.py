@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from ucmkd_jax import seeds
-from ucmkd_jax.checkpoint import RunCheckpointer, load_variables
+from ucmkd_jax.checkpoint import RunCheckpointer
 from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data.base import Split, validate_split
 from ucmkd_jax.data.streams import eval_batches, steps_per_epoch, train_batches
@@ -233,7 +233,7 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
             history, first_epoch, elapsed = meta["history"], meta["epoch"], meta.get("wall_s", 0.0)
             tqdm.write(f"{desc or method}: resuming after epoch {first_epoch}/{epochs} from {checkpoint.directory}")
             best = (meta["best_val_acc"], meta["best_epoch"],
-                    load_variables(checkpoint.best_path, {"params": state.params, "batch_stats": state.batch_stats}))
+                    checkpoint.restore_best(meta, {"params": state.params, "batch_stats": state.batch_stats}))
     state = replicate(state, mesh) if mesh is not None else jax.device_put(state)
     t_vars = replicate(t_vars, mesh) if mesh is not None else jax.device_put(t_vars)
     put = (lambda b: shard_batch(b, mesh)) if mesh is not None else jax.device_put
@@ -263,6 +263,12 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
                 f"that update was skipped and training stopped. Lower the learning rate or check the inputs.")
         current = {"params": state.params, "batch_stats": state.batch_stats}
         val_metrics = evaluate(model, current, val, train_config.eval_batch_size, evaluator)
+        if not np.isfinite(val_metrics["ce"]):  # finite weights, yet the inference-mode forward overflowed
+            bar.close()
+            raise NonFiniteLossError(
+                f"method {method!r} ({desc or model.name}): the validation loss became NaN/inf after epoch "
+                f"{epoch + 1}/{epochs} (the training losses were finite: inference-mode BatchNorm statistics or "
+                f"an overflow in {model.name}'s forward). Lower the learning rate or check the inputs.")
         record = {"epoch": epoch + 1, "val_acc": val_metrics["acc"], "val_ce": val_metrics["ce"]}
         record.update({f"train_{k}": float(v) / steps for k, v in jax.device_get(sums).items()})
         history.append(record)

@@ -111,3 +111,29 @@ def test_video_without_audio_stream_is_an_error(tmp_path):
     path = testing.write_video(tmp_path / "silent.mp4", seconds=0.5, audio=False)
     with pytest.raises(audio.AudioError, match="no audio stream"):
         audio.load_audio(path)
+
+
+def test_wav_cut_short_is_truncated_not_a_shorter_sound(tmp_path):
+    # soundfile reads a WAV cut to a third of its bytes without complaint, as 0.67 s of sound
+    path = testing.write_wav(tmp_path / "a.wav", seconds=2.0, sr=16_000)
+    assert audio.load_audio(path).shape == (32_000,)
+    cut = testing.truncate(path, 1 / 3, tmp_path / "cut.wav")
+    with pytest.raises(audio.AudioError, match=r"cut\.wav: truncated: the data chunk declares 2\.00 s") as e:
+        audio.load_audio(cut)
+    assert e.value.reason == "truncated_media"
+
+
+@pytest.mark.parametrize("ext", ["flv", "mp4"])
+def test_audio_of_a_container_cut_short_is_truncated(tmp_path, ext):
+    path = testing.write_video(tmp_path / f"v.{ext}", seconds=3.0, fps=25, faststart=ext == "mp4")
+    assert abs(len(audio.load_audio(path)) - 3 * 16_000) < 2_500  # whole: 3 s, give or take codec priming
+    cut = testing.truncate(path, 1 / 3, tmp_path / f"cut.{ext}")
+    with pytest.raises(audio.AudioError, match=rf"cut\.{ext}: truncated") as e:
+        audio.load_audio(cut)
+    assert e.value.reason == "truncated_media"
+
+
+@pytest.mark.parametrize("ext", ["flv", "mp4"])
+def test_audio_shorter_than_the_video_is_not_truncation(tmp_path, ext):
+    path = testing.write_video(tmp_path / f"v.{ext}", seconds=3.0, fps=25, audio_seconds=2.0)
+    assert abs(len(audio.load_audio(path)) - 2 * 16_000) < 2_500

@@ -1,6 +1,7 @@
 """End to end: tiny raw datasets -> prepare.py -> TFRecord shards -> read back."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +9,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_prep import clips as clips_lib
-from data_prep import prepare
+from data_prep import prepare, testing
 from ucmkd_jax.data.spec import FEATURES, SPEC_VERSION
 
-from data_prep.testing import AVE_CLASSES, CORRUPT_ID
+from data_prep.testing import AVE_CLASSES, CORRUPT_ID, CREMA_D_TINY
 
 
 def _run(raw, out, *extra):
@@ -173,3 +174,52 @@ def test_vggsound_end_to_end_with_a_class_subset(vggsound_raw, tmp_path):
     _, test = _read(vdir, "test")
     assert sorted(ex["clip_id"].decode() for ex in test) == ["ggggggggggg_000000", "hhhhhhhhhhh_000000"]
     assert all(len(ex["frames"]) == 10 for ex in test)
+
+
+def _report(version_dir):
+    return json.loads((Path(version_dir) / "prep_report.json").read_text())
+
+
+def _clip_ids(version_dir):
+    return {ex["clip_id"].decode() for s in ("train", "val", "test") for ex in _read(version_dir, s)[1]}
+
+
+def test_truncated_media_is_skipped_and_reported(crema_d_clean_raw, tmp_path):
+    raw = shutil.copytree(crema_d_clean_raw, tmp_path / "raw")
+    # cut to a third of their bytes, as an interrupted copy leaves them: the 2.3 s .flv of one
+    # clip, the 1.2 s .wav of another (CREMA_D_TINY)
+    cut_video, cut_audio = "1002_ITS_NEU_XX", "1001_DFA_ANG_XX"
+    testing.truncate(raw / "VideoFlash" / f"{cut_video}.flv", 1 / 3)
+    testing.truncate(raw / "AudioWAV" / f"{cut_audio}.wav", 1 / 3)
+    assert _run(raw, tmp_path / "out", "--dataset", "crema_d", "--max-bad-fraction", "0.5") == 0
+    vdir = tmp_path / "out" / "crema_d" / "speaker" / SPEC_VERSION
+    report = _report(vdir)
+    cut = report["skipped"]["truncated_media"]
+    assert cut["count"] == 2 and cut["ids"] == [cut_audio, cut_video]
+    paths = {d["clip_id"]: d["path"] for d in cut["details"]}
+    assert paths[cut_audio].endswith(f"AudioWAV/{cut_audio}.wav")
+    assert paths[cut_video].endswith(f"VideoFlash/{cut_video}.flv")
+    assert all("truncated" in d["detail"] for d in cut["details"])
+    assert set(report["skipped"]) == {"truncated_media"} and report["num_bad"] == 2  # counted as bad
+    assert sum(report["written"].values()) == len(CREMA_D_TINY) - 2
+    assert _clip_ids(vdir) == {cid for cid, _ in CREMA_D_TINY} - {cut_audio, cut_video}
+
+
+def test_empty_and_small_splits_are_warned_about(tmp_path, capsys):
+    # 3 actors held out 70/10/20 by actor: round(2.1) = 2 train, round(2.4) - 2 = 0 val, 1 test;
+    # 2 clips each (CREMA_D_TINY's first 6)
+    raw = testing.make_crema_d(tmp_path / "raw", CREMA_D_TINY[:6])
+    assert _run(raw, tmp_path / "out", "--dataset", "crema_d") == 0  # warnings do not fail the run
+    report = _report(tmp_path / "out" / "crema_d" / "speaker" / SPEC_VERSION)
+    assert report["written"] == {"train": 4, "val": 0, "test": 2}
+    warnings = report["warnings"]
+    assert len(warnings) == 3
+    assert "'val' is empty" in warnings[1]
+    assert "'train' has 4 clips" in warnings[0] and "'test' has 2 clips" in warnings[2]
+    assert all("fewer than --min-split-clips 64" in w for w in (warnings[0], warnings[2]))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(err) == 3 and all("crema_d/speaker" in line and "prep_report.json" in line for line in err)
+    # below the threshold only the empty split is left to warn about
+    assert _run(raw, tmp_path / "out1", "--dataset", "crema_d", "--min-split-clips", "1") == 0
+    report = _report(tmp_path / "out1" / "crema_d" / "speaker" / SPEC_VERSION)
+    assert len(report["warnings"]) == 1 and "'val' is empty" in report["warnings"][0]

@@ -96,3 +96,29 @@ def test_window_outside_the_video_is_an_error(tmp_path):
     path = testing.write_video(tmp_path / "v.mp4", seconds=1.0, fps=25, audio=False)
     with pytest.raises(video.VideoError, match="no frame in"):
         video.extract_frames(path, start=5, end=8)
+
+
+@pytest.mark.parametrize("fraction", [1 / 3, 0.8])
+@pytest.mark.parametrize("ext,with_audio,faststart", [("flv", False, False), ("flv", True, False),
+                                                      ("mp4", True, True)])
+def test_video_cut_short_is_truncated_not_a_shorter_clip(tmp_path, ext, with_audio, faststart, fraction):
+    # 3 s at 25 fps: whole, one frame per second at 0, 1, 2 s. Cut to a third (or 80 %) of its bytes
+    # it still opens, and an FLV still decodes its first second: kept, its 3 frames would be spread
+    # over what is left instead. An MP4 with its index in front (faststart) also opens when cut.
+    path = testing.write_video(tmp_path / f"v.{ext}", seconds=3.0, fps=25, audio=with_audio, faststart=faststart)
+    _, idx, times = video.extract_frames(path, short_side=None)
+    assert idx == [0, 25, 50]
+    np.testing.assert_allclose(times, [0, 1, 2], atol=1e-3)
+    cut = testing.truncate(path, fraction, tmp_path / f"cut.{ext}")
+    with pytest.raises(video.VideoError, match=rf"cut\.{ext}: truncated: .* of the 3\.0\d s") as e:
+        video.extract_frames(cut)
+    assert e.value.reason == "truncated_media"
+
+
+@pytest.mark.parametrize("ext", ["flv", "mp4"])
+@pytest.mark.parametrize("audio_seconds", [2.0, 3.5])
+def test_audio_and_video_of_unequal_length_are_not_truncation(tmp_path, ext, audio_seconds):
+    # an FLV declares one duration (the longer stream's): a shorter stream in it is not a cut file
+    path = testing.write_video(tmp_path / f"v.{ext}", seconds=3.0, fps=25, audio_seconds=audio_seconds)
+    _, idx, _ = video.extract_frames(path, short_side=None)
+    assert idx == [0, 25, 50]

@@ -248,3 +248,37 @@ def test_regime_and_subsample_apply_to_array_datasets(npz, tmp_path):
     with pytest.raises(ValueError, match="dataset 'arrays' is unpaired .*: the paired regime is impossible"):
         distill(teacher_data=str(npz["image8"]), student_data=str(npz["vector"]), unpaired="paired",
                 width=2, latent_dim=16, epochs=1, teacher_epochs=1, batch_size=16, progress=False, log=None)
+
+
+def test_a_nan_mid_run_names_the_run_and_keeps_what_finished(npz, tmp_path, capsys):
+    """A loss that stops being finite ends the run with one line naming the method, the seed,
+    the epoch and the step; the runs finished before it stay in results.json. The same for the
+    teacher's pre-training (vector -> vector: MLPs, quick to compile)."""
+    from ucmkd_jax import cli
+
+    base = ["--dataset", "arrays", "--teacher-data", str(npz["vector"]), "--student-data", str(npz["vector"]),
+            "--latent-dim", "16"] + TINY
+    out = tmp_path / "student"
+    # an inner AdamW step of 1e30 sends the adapted student to inf: ucmkd's first step is not finite
+    assert cli.run(run.main, base + ["--methods", "ce,ucmkd", "--set", "method.inner_lr=1e30",
+                                     "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert ("error: method 'ucmkd' (ucmkd teacher2student seed 0): the loss or gradient became NaN/inf at epoch "
+            "1/1, step 1/") in err
+    assert [r["method"] for r in json.load(open(out / "results.json"))] == ["ce"]  # what finished is kept
+    assert not (out / ".lock").exists()  # the lock went with the run
+    blowup = ["--lr", "1e30", "--set", "optim.warmup_epochs=0", "--set", "optim.clip_norm=0"]
+    assert cli.run(run.main, base + blowup + ["--methods", "ucmkd", "--out", str(tmp_path / "teacher")]) == 1
+    assert "error: method 'ce' (teacher vector seed 0): the loss or gradient became NaN/inf" in capsys.readouterr().err
+
+
+def test_arrays_teachers_go_to_the_teacher_cache(npz, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_experiment(cfg, dataset, **kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(run, "run_experiment", fake_run_experiment)
+    run_cli(pair_argv(npz, 1, tmp_path / "out") + ["--teacher-cache", str(tmp_path / "cache")])
+    assert seen["teacher_cache"] == str(tmp_path / "cache")

@@ -4,8 +4,8 @@ dominates (the models' eager init alone is ~200 small compiles), so the real run
 fixture, and XLA's persistent cache is shared with the other CLI tests of the session."""
 import glob
 import json
-from types import SimpleNamespace
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,3 +95,26 @@ def test_refusals(swept, small):
         sweep.main(ARGS + ["--lambda-fa", "0.5", "--out", out], dataset=small)
     with pytest.raises(SystemExit):
         sweep.main(ARGS + ["--lambdas-fa", "0.5,0.5", "--out", out], dataset=small)
+
+
+def test_a_nan_in_a_cell_stops_the_sweep_and_keeps_the_finished_cells(small, tmp_path, monkeypatch):
+    """The second cell's run stops with NonFiniteLossError (as fit raises it): the error names the
+    run and reaches the user; the first cell is in sweep.json and results.json."""
+    from ucmkd_jax.train import NonFiniteLossError
+
+    def fake_run_experiment(cfg, dataset, *, out_dir, done, on_run, progress, **unused):
+        if cfg.method.lambda_fa == 1.0:
+            raise NonFiniteLossError("method 'ucmkd' (ucmkd a2v seed 0): the loss or gradient became NaN/inf at "
+                                     "epoch 1/1, step 2/2 (global step 1)")
+        rec = {"dataset": "synthetic", "direction": "a2v", "method": "ucmkd", "seed": 0, "val_acc": 0.5,
+               "test_acc": 0.25, "teacher_test_acc": 0.5}
+        on_run(SimpleNamespace(record=rec, history=[{"epoch": 1}]))
+        return []
+
+    monkeypatch.setattr(experiment, "run_experiment", fake_run_experiment)
+    out = str(tmp_path / "sweep")
+    with pytest.raises(NonFiniteLossError, match=r"ucmkd a2v seed 0\): the loss or gradient became NaN/inf"):
+        sweep.main(ARGS + ["--lambdas-fa", "0.5,1", "--lambdas-la", "0.5", "--out", out], dataset=small)
+    kept = json.load(open(os.path.join(out, "sweep.json")))["grid"]["a2v"]
+    assert list(kept) == ["fa=0.5,la=0.5"] and len(json.load(open(os.path.join(out, "results.json")))) == 1
+    assert not os.path.exists(os.path.join(out, ".lock"))

@@ -38,12 +38,13 @@ import numpy as np
 from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split, check_labels, check_split
 from ucmkd_jax.data.stratify import stratified_sample
 
-__all__ = ["ArraysDataset", "KINDS", "DIRECTION", "load_arrays", "make_arrays_dataset", "read_npz",
+__all__ = ["ArraysDataset", "KINDS", "DIRECTION", "MAX_CLASSES", "load_arrays", "make_arrays_dataset", "read_npz",
            "as_arrays", "carve_validation", "describe_arrays", "toy_arrays"]
 
 # rank of x (batch axis included) -> modality kind
 KINDS = {2: "vector", 4: "image", 5: "video"}
 DIRECTION = "teacher2student"
+MAX_CLASSES = 100_000  # beyond, a label is an identifier, not a class index (K sizes the head)
 SPLITS = ("train", "val", "test")
 _FORMS = "(N, D) vectors, (N, H, W, C) images or spectrograms, or (N, T, H, W, C) frame stacks"
 _LAYOUT = "x_train, y_train and optionally x_val, y_val, x_test, y_test"
@@ -144,6 +145,20 @@ def _check_labels(splits, where: str, num_classes: int) -> None:
         check_labels(y, where, num_classes, f"y_{s}")
 
 
+def _check_class_count(splits, where: str, num_classes: Optional[int]) -> None:
+    """Refuse more than ``MAX_CLASSES`` classes, naming the first label beyond: a label of 10^12
+    is an identifier, not a class index, and K sizes the model's head."""
+    if num_classes is not None and num_classes > MAX_CLASSES:
+        raise ValueError(f"K = {num_classes:,} classes: more than the {MAX_CLASSES:,} this loader accepts")
+    for s, (_, y) in splits.items():
+        big = y >= MAX_CLASSES
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise ValueError(f"{where}: y_{s} has label {int(y[i])} at index {i}: more than {MAX_CLASSES:,} classes. "
+                             f"Labels must be class indices 0..K-1; map identifiers to indices with "
+                             f"np.unique(y, return_inverse=True)[1]")
+
+
 def _warn_missing_classes(split: Split, where: str, name: str, num_classes: int) -> None:
     absent = np.setdiff1d(np.arange(num_classes), np.unique(split.y))
     if absent.size:
@@ -219,6 +234,8 @@ def make_arrays_dataset(teacher, student, *, num_classes: Optional[int] = None, 
         lo = min(int(y.min()) for _, y in splits.values())
         if lo < 0:
             _check_labels(splits, wheres[role], max(int(y.max()) for _, y in splits.values()) + 1)
+    for role, splits in checked.items():  # before anything is sized by K
+        _check_class_count(splits, wheres[role], num_classes)
     spans = {role: max(int(y.max()) for _, y in splits.values()) + 1 for role, splits in checked.items()}
     if num_classes is None:
         if len(set(spans.values())) > 1:

@@ -87,6 +87,9 @@ def check_split(x, y, where: str, x_name: str = "x", y_name: str = "y"):
     ``x_name`` / ``y_name`` the arrays (``x_train``, ...); each message names the first offending
     sample by its index. Label ranges are ``check_labels`` (K may only be known later)."""
     x, y = np.asarray(x), np.asarray(y)
+    if np.iscomplexobj(x):  # a cast to float32 would drop the imaginary part without a word
+        raise ValueError(f"{where}: {x_name} has complex dtype {x.dtype}: expected real numbers (pass the magnitude "
+                         f"np.abs(x), or the real and imaginary parts as channels)")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise ValueError(f"{where}: {x_name} has dtype {x.dtype}: expected numbers")
     if x.ndim == 0:
@@ -103,7 +106,8 @@ def check_split(x, y, where: str, x_name: str = "x", y_name: str = "y"):
                          f"indices 0..K-1{hint}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{where}: {x_name} has {x.shape[0]} samples but {y_name} has {y.shape[0]} labels")
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+    if np.iscomplexobj(y) or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+                                  or y.dtype == bool):
         raise ValueError(f"{where}: {y_name} has dtype {y.dtype}: labels must be integers 0..K-1")
     if np.issubdtype(y.dtype, np.floating):
         bad = ~np.isfinite(y) | (y != np.round(y))

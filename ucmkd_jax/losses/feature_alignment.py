@@ -38,7 +38,7 @@ from ott.geometry import costs, geometry, pointcloud
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
-from ucmkd_jax.overrides import validate
+from ucmkd_jax.overrides import bounded, validate
 from ucmkd_jax.precision import at_least_f32
 
 __all__ = ["FAConfig", "feature_alignment", "cost_matrix", "COSTS"]
@@ -98,17 +98,15 @@ class FAConfig:
     """
 
     cost: Cost = "cosine"
-    epsilon: float = 0.1
+    epsilon: float = bounded(0.1, gt=0.0)
     epsilon_mode: Literal["auto", "absolute", "relative"] = "auto"
-    num_iterations: int = 100
+    num_iterations: int = bounded(100, ge=1)
     differentiation: Literal["implicit", "unroll"] = "implicit"
-    threshold: float = 1e-3
-    inner_iterations: int = 10
+    threshold: float = bounded(1e-3, gt=0.0)
+    inner_iterations: int = bounded(10, ge=1)
 
     def __post_init__(self):
         validate(self)
-        if self.epsilon <= 0:
-            raise ValueError(f"FA epsilon must be > 0, got {self.epsilon}")
         if self.num_iterations < 1 or self.num_iterations % self.inner_iterations:
             raise ValueError(f"num_iterations ({self.num_iterations}) must be a positive multiple "
                              f"of inner_iterations ({self.inner_iterations})")

@@ -21,7 +21,7 @@ from flax import struct
 
 from ucmkd_jax.losses.feature_alignment import FAConfig
 from ucmkd_jax.models.model import Model
-from ucmkd_jax.overrides import validate
+from ucmkd_jax.overrides import bounded, validate
 from ucmkd_jax.registry import Registry
 
 __all__ = ["TrainState", "MethodConfig", "MethodSpec", "register", "get_method", "METHODS",
@@ -62,25 +62,23 @@ class MethodConfig:
       kd_temperature, kd_alpha: ``vanilla_kd``'s T and alpha.
     """
 
-    lambda_fa: float = 1.0
-    lambda_la: float = 1.0
-    n1: int = 1
-    n2: int = 1
+    lambda_fa: float = bounded(1.0, ge=0.0)
+    lambda_la: float = bounded(1.0, ge=0.0)
+    n1: int = bounded(1, ge=0)
+    n2: int = bounded(1, ge=0)
     hypergrad: Literal["first_order", "unrolled"] = "first_order"
     hvp: Literal["forward_over_reverse", "reverse_over_reverse"] = "forward_over_reverse"
     inner_opt: Literal["adamw", "sgd"] = "adamw"
-    inner_lr: float = 1e-5
-    inner_weight_decay: float = 0.05
-    inner_eps_root: float = 1e-8
+    inner_lr: float = bounded(1e-5, gt=0.0)
+    inner_weight_decay: float = bounded(0.05, ge=0.0)
+    inner_eps_root: float = bounded(1e-8, ge=0.0)
     la_grad: Literal["head", "full"] = "head"
     fa: FAConfig = FAConfig()
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
+    kd_temperature: float = bounded(4.0, gt=0.0)
+    kd_alpha: float = bounded(0.9, ge=0.0, le=1.0)
 
     def __post_init__(self):
         validate(self)
-        if self.n1 < 0 or self.n2 < 0:
-            raise ValueError(f"n1, n2 must be >= 0, got {self.n1}, {self.n2}")
 
 
 GradsFn = Callable[..., Any]
