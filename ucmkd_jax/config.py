@@ -90,7 +90,11 @@ class TrainConfig:
     ablation, never a default); eval_batch_size: evaluation batch (padded, so one compiled
     shape); log_every: steps between progress-bar updates (each a small host sync);
     data_parallel: with more than one device, shard every batch over all of them
-    (``ucmkd_jax.parallel``; batch sizes must divide by the device count)."""
+    (``ucmkd_jax.parallel``; batch sizes must divide by the device count); precise_bn: before
+    every evaluation, recompute the BatchNorm statistics over this many training batches
+    (``ucmkd_jax.precise_bn``; capped at one epoch's; 0: evaluate with the running averages).
+    20 batches (1280 samples at batch 64) put the standard error of a channel's mean below 3 %
+    of its standard deviation, for a forward-only pass over at most a fifth of a CREMA-D epoch."""
 
     epochs: int = bounded(100, ge=1, why="0 epochs would report an untrained student")
     teacher_epochs: int = bounded(100, ge=0)
@@ -99,6 +103,7 @@ class TrainConfig:
     log_every: int = bounded(10, ge=1)
     data_parallel: bool = True
     allow_untrained_teacher: bool = False
+    precise_bn: int = bounded(20, ge=0, why="training batches; 0 turns precise BatchNorm off")
 
     def __post_init__(self):
         validate(self)

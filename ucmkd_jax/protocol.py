@@ -99,8 +99,8 @@ def teacher_cache_dir(root: str, cfg: ExperimentConfig, dataset_name: str, direc
     desc = {"dataset": dataset_name, "direction": direction, "modality": data.modality,
             "input_shape": list(teacher.input_shape), "latent_dim": teacher.latent_dim,
             "model": to_dict(cfg.model), "teacher_epochs": cfg.train.teacher_epochs,
-            "batch_size": cfg.train.batch_size, "optim": to_dict(cfg.optim), "subsample": cfg.subsample,
-            "n_train": len(data.train), "data": data_fingerprint(data)}
+            "batch_size": cfg.train.batch_size, "precise_bn": cfg.train.precise_bn, "optim": to_dict(cfg.optim),
+            "subsample": cfg.subsample, "n_train": len(data.train), "data": data_fingerprint(data)}
     text = json.dumps(desc, sort_keys=True)
     path = os.path.join(root, direction, hashlib.sha1(text.encode()).hexdigest()[:12])
     os.makedirs(path, exist_ok=True)
@@ -242,8 +242,10 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
     <method>/seed<k>`` (resuming from there) and logs every epoch to ``<run_dir>/logs/``.
     Returns a ``StudentRun`` whose record holds dataset, direction, method, seed, val_acc,
     test_acc, test_ce, teacher_test_acc, teacher_val_acc, epochs, best_epoch, wall_s,
-    hypergrad, unpaired, subsample, student_train, teacher_pool (and ``data.extra`` for methods
-    that use the teacher)."""
+    hypergrad, unpaired, subsample, student_train, teacher_pool, bn_updates_per_step (how often
+    the method's step updates the BatchNorm running averages), precise_bn (the batches of the
+    precise statistics evaluation used; 0: the running averages), and ``data.extra`` for methods
+    that use the teacher."""
     spec = get_method(method)
     use_t = spec.uses_teacher
     cache = StepCache() if cache is None else cache
@@ -281,6 +283,8 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
         "subsample": cfg.subsample,
         "student_train": len(s_data.train),
         "teacher_pool": len(t_pool) if t_pool is not None else None,
+        "bn_updates_per_step": spec.bn_updates(cfg.method),
+        "precise_bn": cfg.train.precise_bn,
     }
     if use_t:
         record.update(data.extra)

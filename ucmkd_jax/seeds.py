@@ -12,15 +12,18 @@ method's own modules alike), so they live here, free of JAX and NumPy imports:
     method's own modules    PRNGKey(extra_init_seed(s))     train.build_state (regressors, fusion, ...)
     subsample draw          SeedSequence([s, SUBSAMPLE])    data.regimes
     regime pools and noise  SeedSequence([s, REGIME])       data.regimes
+    precise BN batches      SeedSequence([s, epoch, PRECISE_BN])  train.fit (in-memory splits)
 """
 from __future__ import annotations
 
-__all__ = ["TEACHER_OFFSET", "EXTRA_INIT_OFFSET", "SUBSAMPLE", "REGIME", "teacher_seed", "extra_init_seed"]
+__all__ = ["TEACHER_OFFSET", "EXTRA_INIT_OFFSET", "SUBSAMPLE", "REGIME", "PRECISE_BN", "teacher_seed",
+           "extra_init_seed"]
 
 TEACHER_OFFSET = 10_000  # teachers and students of one run seed never share a stream
 EXTRA_INIT_OFFSET = 7919  # a prime: a method's own modules never share the student's init key
 SUBSAMPLE = 0x5AB  # second entropy word of the subsample draw
 REGIME = 0xD15  # second entropy word of the regime's pools (and the hard regime's noise)
+PRECISE_BN = 0xB4  # third entropy word of the batches precise BatchNorm statistics are taken over
 
 
 def teacher_seed(seed: int) -> int:

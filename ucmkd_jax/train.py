@@ -7,7 +7,8 @@ This is the edge of the library. Read top to bottom:
                         ``benchmarks/step_bench.py`` times exactly this);
   ``StepCache``         compiled steps and evaluators shared across seeds and methods of a run;
   ``fit``               the loop: batches to the device two steps ahead, the step, a progress bar,
-                        validation every epoch, the best-by-validation variables, checkpoints.
+                        precise BatchNorm statistics and validation every epoch, the
+                        best-by-validation variables, checkpoints.
 
 The step itself stays pure (``ucmkd_jax.methods``). Host syncs: the running loss every
 ``log_every`` steps (for the bar) and once per epoch.
@@ -15,8 +16,9 @@ The step itself stays pure (``ucmkd_jax.methods``). Host syncs: the running loss
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +38,10 @@ from ucmkd_jax.methods.base import (MethodConfig, MethodSpec, TrainState, create
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
 from ucmkd_jax.parallel import check_batch_divisible, prefetch_to_device, replicate, shard_batch
+from ucmkd_jax.precise_bn import PreciseBN
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainStep", "StepCache", "build_step", "check_fit_inputs",
-           "make_evaluator", "evaluate", "fit"]
+           "make_evaluator", "evaluate", "precise_bn_batches", "fit"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,13 +50,16 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """variables: best-by-validation variables (numpy pytree); history: one dict per epoch."""
+    """variables: best-by-validation variables (numpy pytree; with precise BatchNorm statistics
+    when those are on); history: one dict per epoch; precise_bn_s: seconds spent recomputing
+    BatchNorm statistics in this process (the epochs it ran)."""
 
     variables: Any
     best_epoch: int
     best_val_acc: float
     history: List[dict]
     wall_s: float
+    precise_bn_s: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -145,6 +151,7 @@ class StepCache:
     def __init__(self):
         self._steps: Dict[tuple, TrainStep] = {}
         self._evaluators: Dict[Model, Callable] = {}
+        self._precise: Dict[Model, PreciseBN] = {}
 
     def train_step(self, method: str, model: Model, teacher: Optional[Model], *, method_config: MethodConfig,
                    optim: OptimConfig, steps_per_epoch: int, epochs: int) -> TrainStep:
@@ -159,6 +166,11 @@ class StepCache:
             self._evaluators[model] = make_evaluator(model)
         return self._evaluators[model]
 
+    def precise_bn(self, model: Model) -> PreciseBN:
+        if model not in self._precise:
+            self._precise[model] = PreciseBN(model)
+        return self._precise[model]
+
 
 def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evaluator=None) -> dict:
     """Accuracy and mean cross-entropy of ``model`` on ``split``. Returns {"acc", "ce", "n"}."""
@@ -169,6 +181,19 @@ def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evalu
         correct, ce = correct + c, ce + l
     n = len(split)
     return {"acc": float(correct) / n, "ce": float(ce) / n, "n": n}
+
+
+def precise_bn_batches(train, epoch: int, seed: int, batch_size: int, n: int, put) -> Iterator:
+    """The ``n`` training inputs (device arrays) precise BatchNorm statistics are taken over after
+    epoch ``epoch``: a seeded order of an in-memory split (``seeds.PRECISE_BN``), or the epoch's own
+    batches of a ``TrainStream``; never more than one epoch's."""
+    if isinstance(train, Split):
+        batches = train_batches(train, None, batch_size, np.random.SeedSequence([seed, epoch, seeds.PRECISE_BN]),
+                                "none")
+    else:
+        batches = train.epoch_batches(epoch, batch_size, with_teacher=False)
+    for batch in itertools.islice(batches, n):
+        yield put({"x_s": batch["x_s"]})["x_s"]
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -225,7 +250,7 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
     t_vars = teacher_variables if spec.uses_teacher else {}
 
     best = (-1.0, 0, None)  # (val acc, epoch, variables)
-    history, first_epoch, elapsed = [], 0, 0.0
+    history, first_epoch, elapsed, precise_s = [], 0, 0.0, 0.0
     if checkpoint is not None:
         restored = checkpoint.restore(state)
         if restored is not None:
@@ -262,6 +287,11 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
                 f"epoch {bad // steps + 1}/{epochs}, step {bad % steps + 1}/{steps} (global step {bad}); "
                 f"that update was skipped and training stopped. Lower the learning rate or check the inputs.")
         current = {"params": state.params, "batch_stats": state.batch_stats}
+        t_bn = time.time()
+        if train_config.precise_bn:  # population statistics for evaluation; the state keeps its own
+            current = cache.precise_bn(model)(current, precise_bn_batches(
+                train, epoch, seed, train_config.batch_size, train_config.precise_bn, put))
+        t_bn = time.time() - t_bn
         val_metrics = evaluate(model, current, val, train_config.eval_batch_size, evaluator)
         if not np.isfinite(val_metrics["ce"]):  # finite weights, yet the inference-mode forward overflowed
             bar.close()
@@ -270,6 +300,7 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
                 f"{epoch + 1}/{epochs} (the training losses were finite: inference-mode BatchNorm statistics or "
                 f"an overflow in {model.name}'s forward). Lower the learning rate or check the inputs.")
         record = {"epoch": epoch + 1, "val_acc": val_metrics["acc"], "val_ce": val_metrics["ce"]}
+        precise_s += t_bn
         record.update({f"train_{k}": float(v) / steps for k, v in jax.device_get(sums).items()})
         history.append(record)
         improved = val_metrics["acc"] > best[0]
@@ -287,4 +318,4 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
     if best[2] is None:  # zero epochs
         best = (best[0], 0, jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
     return TrainResult(variables=best[2], best_epoch=best[1], best_val_acc=best[0], history=history,
-                       wall_s=elapsed + time.time() - start)
+                       wall_s=elapsed + time.time() - start, precise_bn_s=precise_s)

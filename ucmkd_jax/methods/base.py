@@ -98,6 +98,9 @@ class MethodSpec:
       must return a gradient for them and carry ``batch_stats["extra"]`` forward.
     optimizer: ``optimizer(tx, config) -> tx`` to replace the outer optimiser (e.g. a separate
       optimiser for ``params["extra"]`` via ``optax.multi_transform``).
+    bn_updates: ``bn_updates(config) -> int``: how many train-mode forwards of the student update
+      its BatchNorm running averages in one step (1: one forward per step). Evaluation uses those
+      averages unless precise BatchNorm is on (``ucmkd_jax.precise_bn``); runs record it.
     """
 
     name: str
@@ -107,17 +110,20 @@ class MethodSpec:
     summary: str
     init_extra: Optional[Callable[..., Any]] = None
     optimizer: Optional[Callable[[optax.GradientTransformation, "MethodConfig"], optax.GradientTransformation]] = None
+    bn_updates: Callable[["MethodConfig"], int] = lambda config: 1
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register(name: str, *, uses_teacher: bool, needs_paired: bool = False, summary: str = "",
-             init_extra: Optional[Callable[..., Any]] = None, optimizer: Optional[Callable] = None):
+             init_extra: Optional[Callable[..., Any]] = None, optimizer: Optional[Callable] = None,
+             bn_updates: Callable[["MethodConfig"], int] = lambda config: 1):
     """Decorator: ``@register("ce", uses_teacher=False)`` on a ``build`` function."""
 
     def deco(build):
-        METHODS.add(name, MethodSpec(name, build, uses_teacher, needs_paired, summary, init_extra, optimizer))
+        METHODS.add(name, MethodSpec(name, build, uses_teacher, needs_paired, summary, init_extra, optimizer,
+                                     bn_updates))
         return build
 
     return deco

@@ -201,16 +201,26 @@ def build_ucmkd(student: Model, teacher: Model, config: MethodConfig, n1: int | 
     return grads_fn
 
 
-@register("ucmkd", uses_teacher=True, summary="bilevel: inner FA then LA, outer CE (Algorithm 1)")
+def bn_updates(config: MethodConfig, n1: int, n2: int) -> int:
+    """Train-mode student forwards that update the BatchNorm running averages in one step: one
+    per FA step, then one shared by the LA steps and the outer loss with ``la_grad="head"``, or
+    one per LA step plus the outer one with ``la_grad="full"``."""
+    return n1 + (n2 + 1 if config.la_grad == "full" else 1)
+
+
+@register("ucmkd", uses_teacher=True, summary="bilevel: inner FA then LA, outer CE (Algorithm 1)",
+          bn_updates=lambda c: bn_updates(c, c.n1, c.n2))
 def _ucmkd(student, teacher, config):
     return build_ucmkd(student, teacher, config)
 
 
-@register("ucmkd_fa_only", uses_teacher=True, summary="bilevel with the FA inner stage only (Table 6)")
+@register("ucmkd_fa_only", uses_teacher=True, summary="bilevel with the FA inner stage only (Table 6)",
+          bn_updates=lambda c: bn_updates(c, c.n1, 0))
 def _ucmkd_fa_only(student, teacher, config):
     return build_ucmkd(student, teacher, config, n2=0)
 
 
-@register("ucmkd_la_only", uses_teacher=True, summary="bilevel with the LA inner stage only (Table 6)")
+@register("ucmkd_la_only", uses_teacher=True, summary="bilevel with the LA inner stage only (Table 6)",
+          bn_updates=lambda c: bn_updates(c, 0, c.n2))
 def _ucmkd_la_only(student, teacher, config):
     return build_ucmkd(student, teacher, config, n1=0)
