@@ -93,7 +93,10 @@ def _cell_dir(out: str, lambda_fa: float, lambda_la: float) -> str:
     os.makedirs(os.path.join(out, "teachers"), exist_ok=True)
     link = os.path.join(cell, "teachers")
     if not os.path.lexists(link):
-        os.symlink(os.path.join("..", "..", "teachers"), link)
+        try:
+            os.symlink(os.path.join("..", "..", "teachers"), link)
+        except FileExistsError:  # another process of a multi-host job made it first
+            pass
     return cell
 
 

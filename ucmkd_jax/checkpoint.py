@@ -1,5 +1,10 @@
 """Orbax checkpoints: variable pytrees (teachers, trained students) and the per-epoch state of
-a training run (``RunCheckpointer``)."""
+a training run (``RunCheckpointer``).
+
+On a multi-host job every process calls these (Orbax's saves are collective and write from
+process 0); the renames and removals around them are process 0's, and the others wait for them
+(``parallel.barrier``) before they read.
+"""
 from __future__ import annotations
 
 import json
@@ -10,11 +15,20 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["save_variables", "load_variables", "CheckpointError", "RunCheckpointer"]
+from ucmkd_jax.parallel import barrier
+
+__all__ = ["save_variables", "load_variables", "CheckpointError", "RunCheckpointer", "on_primary"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not match the model it is restored into."""
+
+
+def on_primary(name: str, action) -> None:
+    """Run ``action()`` (file renames, removals) on process 0 only, then let every process pass."""
+    if jax.process_index() == 0:
+        action()
+    barrier(name)
 
 
 def save_variables(path: str, variables) -> None:
@@ -23,15 +37,19 @@ def save_variables(path: str, variables) -> None:
     is renamed into place once complete (a failed or killed save leaves ``path`` as it was)."""
     path = os.path.abspath(path)
     tmp, old = path + ".saving", path + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    on_primary(f"clear {tmp}", lambda: shutil.rmtree(tmp, ignore_errors=True))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp, jax.device_get(variables), force=True)
     ckptr.wait_until_finished()
-    if os.path.isdir(path):
+
+    def swap():
+        if os.path.isdir(path):
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+        os.rename(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-        os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+
+    on_primary(f"save_variables {path}", swap)
 
 
 def load_variables(path: str, like):
@@ -167,7 +185,7 @@ class RunCheckpointer:
             state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
         self._best_epoch = meta.get("best_epoch")
-        self._prune_best()
+        on_primary(f"prune {self.directory}", self._prune_best)
 
     def _prune_best(self) -> None:
         """Remove the best variables no checkpoint points at any more."""
@@ -182,7 +200,11 @@ class RunCheckpointer:
         if self._manager is not None:
             self._manager.close()
             self._manager = None
-        if self._best_epoch is not None and os.path.isdir(self._best_of(self._best_epoch)):
-            shutil.rmtree(self.best_path, ignore_errors=True)
-            os.rename(self._best_of(self._best_epoch), self.best_path)
-        shutil.rmtree(os.path.join(self.directory, "latest"), ignore_errors=True)
+
+        def keep_best():
+            if self._best_epoch is not None and os.path.isdir(self._best_of(self._best_epoch)):
+                shutil.rmtree(self.best_path, ignore_errors=True)
+                os.rename(self._best_of(self._best_epoch), self.best_path)
+            shutil.rmtree(os.path.join(self.directory, "latest"), ignore_errors=True)
+
+        on_primary(f"finish {self.directory}", keep_best)

@@ -6,11 +6,16 @@ semantics: BatchNorm statistics and the OT coupling are over the whole global ba
 gradient is the global mean. No hand-written collectives.
 
 The mesh axis is of type Auto: with ``jax.make_mesh``'s default Explicit axes, OTT's cost
-matrix between batch-sharded point clouds is refused (ALGORITHM.md, Known traps).
+matrix between batch-sharded point clouds is refused (measured with jax 0.10.2 and ott-jax 0.6.0;
+an Auto axis, or resharding the features to replicated before the OT call, matched one device
+to 1e-8).
 
-Multi-host: call ``maybe_initialize_distributed()`` first (the CLI does); every host then
-builds the same global numpy batch (same seed) and ``shard_batch`` materialises on each host
-only the rows of its own devices.
+Multi-host: call ``maybe_initialize_distributed()`` first (the CLI does). Every process draws
+the same global batch order (same seeds) but gathers and decodes only the rows its own devices
+hold (``local_rows``: the in-memory batches and the shard stream take a ``rows`` argument), and
+``shard_batch`` assembles the global arrays from each process's rows. Side effects outside the
+devices (files) are process 0's (``ucmkd_jax.results.is_primary``); ``barrier`` makes the other
+processes wait for them where a later read depends on them.
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["data_mesh", "replicate", "shard_batch", "prefetch_to_device", "maybe_initialize_distributed",
-           "check_batch_divisible"]
+__all__ = ["data_mesh", "replicate", "local_rows", "shard_batch", "prefetch_to_device",
+           "maybe_initialize_distributed", "check_batch_divisible", "barrier"]
 
 
 def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -48,11 +53,39 @@ def replicate(tree, mesh: Mesh):
                         jax.device_get(tree))
 
 
-def shard_batch(batch, mesh: Mesh):
-    """A dict of numpy arrays (global batch first axis) -> global arrays split over "data".
-    Each host materialises only the rows of its addressable devices."""
+def local_rows(mesh: Optional[Mesh], batch_size: int) -> Optional[np.ndarray]:
+    """The sorted global rows of a ``batch_size`` batch that this process's devices hold on the
+    "data" axis of ``mesh``; None when this process holds them all (one process, or no mesh)."""
+    if mesh is None or jax.process_count() == 1:
+        return None
+    index_map = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,))
+    rows = sorted({r for (sl,) in index_map.values() for r in range(*sl.indices(batch_size))})
+    return np.asarray(rows, np.int64)
+
+
+def shard_batch(batch, mesh: Mesh, batch_size: Optional[int] = None, rows: Optional[np.ndarray] = None):
+    """A dict of numpy arrays -> global arrays split over "data". ``batch`` holds the whole
+    global batch (``rows`` None), or only the global ``rows`` of a ``batch_size`` batch that this
+    process holds (``local_rows``): each process passes its own, and only those are read."""
     sharding = NamedSharding(mesh, P("data"))
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
+    if rows is None:
+        return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
+
+    def local(v, idx):
+        wanted = np.arange(*idx[0].indices(batch_size))
+        return v[np.searchsorted(rows, wanted)]
+
+    return {k: jax.make_array_from_callback((batch_size,) + v.shape[1:], sharding,
+                                            lambda idx, v=v: local(v, idx)) for k, v in batch.items()}
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (a no-op for one process): after process 0 wrote or
+    renamed a file the others are about to read."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def prefetch_to_device(batches: Iterator[dict], size: int = 2, put=jax.device_put) -> Iterator[dict]:

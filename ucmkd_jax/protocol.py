@@ -31,12 +31,13 @@ import jax
 import numpy as np
 
 from ucmkd_jax import seeds
-from ucmkd_jax.checkpoint import RunCheckpointer, load_variables, save_variables
+from ucmkd_jax.checkpoint import RunCheckpointer, load_variables, on_primary, save_variables
 from ucmkd_jax.config import ExperimentConfig, to_dict
 from ucmkd_jax.data.base import ModalityData, Split
 from ucmkd_jax.data.regimes import distillation_pools, subsample
 from ucmkd_jax.methods.base import get_method
 from ucmkd_jax.models.model import Model
+from ucmkd_jax.results import write_text
 from ucmkd_jax.run_log import EpochLog
 from ucmkd_jax.train import StepCache, TrainResult, evaluate, fit
 
@@ -104,8 +105,7 @@ def teacher_cache_dir(root: str, cfg: ExperimentConfig, dataset_name: str, direc
     text = json.dumps(desc, sort_keys=True)
     path = os.path.join(root, direction, hashlib.sha1(text.encode()).hexdigest()[:12])
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "key.json"), "w") as f:
-        f.write(json.dumps(desc, indent=1, sort_keys=True))
+    write_text(os.path.join(path, "key.json"), json.dumps(desc, indent=1, sort_keys=True))
     return path
 
 
@@ -124,12 +124,12 @@ def data_fingerprint(data: ModalityData) -> str:
 
 
 def evaluate_teacher(cfg: ExperimentConfig, teacher: Model, variables, data: ModalityData,
-                     cache: Optional[StepCache] = None) -> dict:
+                     cache: Optional[StepCache] = None, mesh=None) -> dict:
     """{"teacher_val_acc"[, "teacher_test_acc", "teacher_test_ce"]} on the teacher's own modality."""
     ev = (cache or StepCache()).evaluator(teacher)
-    info = {"teacher_val_acc": evaluate(teacher, variables, data.val, cfg.train.eval_batch_size, ev)["acc"]}
+    info = {"teacher_val_acc": evaluate(teacher, variables, data.val, cfg.train.eval_batch_size, ev, mesh)["acc"]}
     if data.test is not None:
-        test = evaluate(teacher, variables, data.test, cfg.train.eval_batch_size, ev)
+        test = evaluate(teacher, variables, data.test, cfg.train.eval_batch_size, ev, mesh)
         info.update(teacher_test_acc=test["acc"], teacher_test_ce=test["ce"])
     return info
 
@@ -141,7 +141,8 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
 
     With a ``cache_dir`` the pre-training checkpoints every epoch (``teacher_seed<k>.run/``)
     and an interrupted pre-training resumes there. Init and batch order come from
-    ``seeds.teacher_seed(seed)``.
+    ``seeds.teacher_seed(seed)``; the trunk starts from ``cfg.model.teacher_init`` when set
+    (``models.pretrained.initial_variables``; the student likewise from ``student_init``).
     Returns (variables, info): ``evaluate_teacher``'s info plus "teacher_cached".
     """
     t_seed = seeds.teacher_seed(seed)
@@ -163,8 +164,8 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
         if path is not None:
             save_variables(path, variables)
             ckpt.finish()
-            shutil.rmtree(ckpt.directory, ignore_errors=True)
-    return variables, dict(evaluate_teacher(cfg, teacher, variables, data, cache), teacher_cached=cached)
+            on_primary(f"drop {ckpt.directory}", lambda: shutil.rmtree(ckpt.directory, ignore_errors=True))
+    return variables, dict(evaluate_teacher(cfg, teacher, variables, data, cache, mesh), teacher_cached=cached)
 
 
 # ---------------------------------------------------------------------------------------- one seed
@@ -220,7 +221,7 @@ def prepare_seed(cfg: ExperimentConfig, dataset_name: str, direction: str, seed:
         t_vars, t_info = pretrain_teacher(cfg, teacher_model, t_seed, seed, cache_dir, progress,
                                           desc=f"teacher {t_seed.modality} seed {seed}", cache=cache, mesh=mesh)
     elif need_teacher:
-        t_info = evaluate_teacher(cfg, teacher_model, t_vars, t_seed, cache)
+        t_info = evaluate_teacher(cfg, teacher_model, t_vars, t_seed, cache, mesh)
     return SeedData(direction, seed, t_seed, teacher_model, t_vars, t_info, s_run, t_pool, extra)
 
 
@@ -259,7 +260,8 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
         log = EpochLog(os.path.join(run_dir, "logs"), f"{direction}_{method}_seed{seed}")
     start = time.time()
     try:
-        result = fit(student, student.init(jax.random.PRNGKey(seed)), s_data.train, s_data.val, method=method,
+        result = fit(student, student.init(jax.random.PRNGKey(seed)),
+                     s_data.train, s_data.val, method=method,
                      method_config=cfg.method, optim=cfg.optim, train_config=cfg.train,
                      teacher=data.teacher_model if use_t else None,
                      teacher_variables=data.teacher_variables if use_t else None, teacher_train=t_pool,
@@ -268,8 +270,8 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
     finally:
         if log is not None:
             log.close()
-    test = (evaluate(student, result.variables, s_data.test, cfg.train.eval_batch_size, cache.evaluator(student))
-            if s_data.test is not None else {"acc": None, "ce": None})
+    test = (evaluate(student, result.variables, s_data.test, cfg.train.eval_batch_size, cache.evaluator(student),
+                     mesh) if s_data.test is not None else {"acc": None, "ce": None})
     t_info = data.teacher_info
     record = {
         "dataset": dataset_name, "direction": direction, "method": method, "seed": seed,

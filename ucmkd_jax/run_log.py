@@ -8,6 +8,8 @@
 rewrites the file from the whole history (a resumed run restores the epochs before it), so the
 file never shows an epoch twice or misses one. ``<dir>/tb/<name>/`` holds
 TensorBoard events (scalars per epoch, tag = metric name): ``tensorboard --logdir <dir>/tb``.
+On a multi-host job only process 0 logs (every process has the same record; several writers
+would race on one file).
 """
 from __future__ import annotations
 
@@ -15,12 +17,16 @@ import json
 import os
 from typing import Sequence
 
+from ucmkd_jax.results import is_primary
+
 __all__ = ["EpochLog"]
 
 
 class EpochLog:
     def __init__(self, directory: str, name: str, tensorboard: bool = True):
-        os.makedirs(directory, exist_ok=True)
+        self.enabled = is_primary()
+        if self.enabled:
+            os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"{name}.jsonl")
         self._started = False
         self._tb = None
@@ -28,6 +34,8 @@ class EpochLog:
 
     def write(self, record: dict, history: Sequence[dict] = ()) -> None:
         """Log ``record`` (the newest epoch); ``history``: every epoch so far, record included."""
+        if not self.enabled:
+            return
         rows = history if not self._started and history else [record]
         with open(self.path, "a" if self._started else "w") as f:
             for row in rows:

@@ -37,11 +37,11 @@ from ucmkd_jax.methods.base import (MethodConfig, MethodSpec, TrainState, create
                                     make_train_step, with_extra)
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
-from ucmkd_jax.parallel import check_batch_divisible, prefetch_to_device, replicate, shard_batch
+from ucmkd_jax.parallel import check_batch_divisible, local_rows, prefetch_to_device, replicate, shard_batch
 from ucmkd_jax.precise_bn import PreciseBN
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainStep", "StepCache", "build_step", "check_fit_inputs",
-           "make_evaluator", "evaluate", "precise_bn_batches", "fit"]
+           "make_evaluator", "placement", "evaluate", "precise_bn_batches", "fit"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -172,26 +172,41 @@ class StepCache:
         return self._precise[model]
 
 
-def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evaluator=None) -> dict:
-    """Accuracy and mean cross-entropy of ``model`` on ``split``. Returns {"acc", "ce", "n"}."""
+def placement(mesh: Optional[Mesh], batch_size: int):
+    """(rows, put) for batches of ``batch_size``: the global rows this process gathers (None: all)
+    and the function that moves a (local) numpy batch to the devices (sharded over ``mesh``)."""
+    if mesh is None:
+        return None, jax.device_put
+    rows = local_rows(mesh, batch_size)
+    return rows, (lambda batch: shard_batch(batch, mesh, batch_size, rows))
+
+
+def evaluate(model: Model, variables, split: Split, batch_size: int = 256, evaluator=None,
+             mesh: Optional[Mesh] = None) -> dict:
+    """Accuracy and mean cross-entropy of ``model`` on ``split``. Returns {"acc", "ce", "n"}.
+    With a ``mesh`` each batch is split over its devices (each process gathers its rows); the
+    padded rows of the last batch are masked out, so every sample counts once."""
     evaluator = evaluator or make_evaluator(model)
+    rows, put = placement(mesh, batch_size)
     correct, ce = 0, 0.0
-    for x, y, mask in eval_batches(split, batch_size):
-        c, l = evaluator(variables, x, y, mask)
+    for x, y, mask in eval_batches(split, batch_size, rows):
+        b = put({"x": x, "y": y, "mask": mask})
+        c, l = evaluator(variables, b["x"], b["y"], b["mask"])
         correct, ce = correct + c, ce + l
     n = len(split)
     return {"acc": float(correct) / n, "ce": float(ce) / n, "n": n}
 
 
-def precise_bn_batches(train, epoch: int, seed: int, batch_size: int, n: int, put) -> Iterator:
+def precise_bn_batches(train, epoch: int, seed: int, batch_size: int, n: int, mesh: Optional[Mesh]) -> Iterator:
     """The ``n`` training inputs (device arrays) precise BatchNorm statistics are taken over after
     epoch ``epoch``: a seeded order of an in-memory split (``seeds.PRECISE_BN``), or the epoch's own
     batches of a ``TrainStream``; never more than one epoch's."""
+    rows, put = placement(mesh, batch_size)
     if isinstance(train, Split):
         batches = train_batches(train, None, batch_size, np.random.SeedSequence([seed, epoch, seeds.PRECISE_BN]),
-                                "none")
+                                "none", rows=rows)
     else:
-        batches = train.epoch_batches(epoch, batch_size, with_teacher=False)
+        batches = train.epoch_batches(epoch, batch_size, with_teacher=False, **({} if rows is None else {"rows": rows}))
     for batch in itertools.islice(batches, n):
         yield put({"x_s": batch["x_s"]})["x_s"]
 
@@ -213,7 +228,8 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         samples per epoch) and ``epoch_batches(epoch, batch_size, with_teacher) -> iterator`` of
         numpy dicts {"x_s", "y_s"[, "x_t", "y_t"]} of exactly ``batch_size`` rows, deterministic
         for its seed and ``epoch`` (that is what makes resuming exact); it then supplies the
-        teacher batches too (``teacher_train`` must be None).
+        teacher batches too (``teacher_train`` must be None). On several processes it is also
+        called with ``rows=`` (``parallel.local_rows``) and yields only those rows of each batch.
       method: a name in ``ucmkd_jax.methods.METHODS``.
       epochs: default ``train_config.epochs``.
       teacher, teacher_variables, teacher_train: the frozen teacher and its modality's train
@@ -261,16 +277,17 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
                     checkpoint.restore_best(meta, {"params": state.params, "batch_stats": state.batch_stats}))
     state = replicate(state, mesh) if mesh is not None else jax.device_put(state)
     t_vars = replicate(t_vars, mesh) if mesh is not None else jax.device_put(t_vars)
-    put = (lambda b: shard_batch(b, mesh)) if mesh is not None else jax.device_put
+    rows, put = placement(mesh, train_config.batch_size)  # a multi-host process gathers its rows only
+    local = {} if rows is None else {"rows": rows}
     start = time.time()
     bar = tqdm(total=epochs * steps, initial=first_epoch * steps, desc=desc or method, unit="step",
                disable=not progress, dynamic_ncols=True, leave=True)
     for epoch in range(first_epoch, epochs):
         if streaming:
-            batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none")
+            batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none", **local)
         else:
             batches = train_batches(train, teacher_train, train_config.batch_size,
-                                    np.random.SeedSequence([seed, epoch]), pairing)
+                                    np.random.SeedSequence([seed, epoch]), pairing, **local)
         sums = None
         for i, batch in enumerate(prefetch_to_device(batches, put=put)):
             state, metrics = train_step.step(state, t_vars, batch)
@@ -290,9 +307,9 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         t_bn = time.time()
         if train_config.precise_bn:  # population statistics for evaluation; the state keeps its own
             current = cache.precise_bn(model)(current, precise_bn_batches(
-                train, epoch, seed, train_config.batch_size, train_config.precise_bn, put))
+                train, epoch, seed, train_config.batch_size, train_config.precise_bn, mesh))
         t_bn = time.time() - t_bn
-        val_metrics = evaluate(model, current, val, train_config.eval_batch_size, evaluator)
+        val_metrics = evaluate(model, current, val, train_config.eval_batch_size, evaluator, mesh)
         if not np.isfinite(val_metrics["ce"]):  # finite weights, yet the inference-mode forward overflowed
             bar.close()
             raise NonFiniteLossError(

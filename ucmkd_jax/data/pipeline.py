@@ -177,14 +177,22 @@ class ShardStream:
         return self.num_samples // batch_size
 
     def epoch_batches(self, epoch: int, batch_size: int, with_teacher: bool = True,
-                      start_step: int = 0) -> Iterator[dict]:
-        """Epoch ``epoch``'s batches from its ``start_step``-th on (see the module docstring)."""
+                      start_step: int = 0, rows: Optional[np.ndarray] = None) -> Iterator[dict]:
+        """Epoch ``epoch``'s batches from its ``start_step``-th on (see the module docstring).
+        ``rows``: decode only these rows of each batch (a process of a multi-host run takes the
+        rows of its own devices, ``parallel.local_rows``); a clip's augmentation depends on the
+        clip alone, so they are the rows a single process would decode."""
         s_order, t_order = self.epoch_order(epoch, batch_size, with_teacher)
         steps = len(s_order) // batch_size
         if not 0 <= start_step <= steps:
             raise ValueError(f"start_step must be in [0, {steps}], got {start_step}")
         lo = start_step * batch_size
-        return self._iterate(epoch, batch_size, s_order[lo:], None if t_order is None else t_order[lo:])
+        s_order, t_order = s_order[lo:], None if t_order is None else t_order[lo:]
+        if rows is not None:  # the same global order, each batch cut to this process's rows
+            s_order = s_order.reshape(-1, batch_size)[:, rows].ravel()
+            t_order = None if t_order is None else t_order.reshape(-1, batch_size)[:, rows].ravel()
+            batch_size = len(rows)
+        return self._iterate(epoch, batch_size, s_order, t_order)
 
     # ---- orders and shapes --------------------------------------------------------------------
 

@@ -23,9 +23,11 @@ def steps_per_epoch(n_student: int, batch_size: int) -> int:
 
 
 def train_batches(student: Split, teacher: Split | None, batch_size: int, epoch_seed: np.random.SeedSequence,
-                  pairing: str = "unpaired") -> Iterator[dict]:
+                  pairing: str = "unpaired", rows: np.ndarray | None = None) -> Iterator[dict]:
     """One epoch of training batches.
 
+    rows: only these rows of every batch (a process of a multi-host run gathers the rows its
+      devices hold, ``parallel.local_rows``); the batch order is the same as without.
     pairing:
       "unpaired": the teacher batch is drawn from its OWN independently shuffled stream (its own
         RNG, cycled if it is shorter): never the student batch's partner.
@@ -44,11 +46,12 @@ def train_batches(student: Split, teacher: Split | None, batch_size: int, epoch_
             raise ValueError(f"paired batches need equal train splits, got {n} student and {len(teacher)} teacher samples")
     elif pairing != "none":
         raise ValueError(f"unknown pairing {pairing!r}")
+    keep = slice(None) if rows is None else rows
     for b in range(steps_per_epoch(n, batch_size)):
-        idx = order[b * batch_size:(b + 1) * batch_size]
+        idx = order[b * batch_size:(b + 1) * batch_size][keep]
         batch = {"x_s": student.x[idx], "y_s": student.y[idx].astype(np.int32)}
         if pairing == "unpaired":
-            t_idx = t_order[b * batch_size:(b + 1) * batch_size]
+            t_idx = t_order[b * batch_size:(b + 1) * batch_size][keep]
         elif pairing == "paired":
             t_idx = idx
         else:
@@ -58,8 +61,9 @@ def train_batches(student: Split, teacher: Split | None, batch_size: int, epoch_
         yield batch
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[tuple]:
-    """(x, y, mask) batches of exactly ``batch_size`` (the last one zero-padded, mask False)."""
+def eval_batches(split: Split, batch_size: int, rows: np.ndarray | None = None) -> Iterator[tuple]:
+    """(x, y, mask) batches of exactly ``batch_size`` (the last one zero-padded, mask False);
+    with ``rows``, only those rows of each (a multi-host process's, as ``train_batches``)."""
     n = len(split)
     for start in range(0, n, batch_size):
         x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
@@ -69,4 +73,6 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple]:
             mask[k:] = False
             x = np.concatenate([x, np.zeros((batch_size - k,) + x.shape[1:], x.dtype)])
             y = np.concatenate([y, np.zeros(batch_size - k, y.dtype)])
+        if rows is not None:
+            x, y, mask = x[rows], y[rows], mask[rows]
         yield x, y.astype(np.int32), mask
