@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ucmkd_jax.models.ops import Conv, StemConv, max_pool, resolve_impl
 from ucmkd_jax.precision import at_least_f32
 
 __all__ = ["ResNetEncoder", "BasicBlock", "Bottleneck", "STAGES"]
@@ -40,18 +41,31 @@ def _norm(train: bool, dtype: Any, name: str | None = None, zero_init: bool = Fa
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal, fan_out
 
 
+def _conv_factory(dtype: Any, conv_impl: str):
+    """conv(features, k, stride, name): a k x k "same"-padded convolution without bias, ``nn.Conv``
+    or, when ``conv_impl`` resolves to another implementation, ``ops.Conv`` (the same parameter)."""
+    impl = resolve_impl("conv", conv_impl)
+
+    def conv(f, k, s, name):
+        if impl == "conv":
+            return nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
+                           kernel_init=_conv_init, dtype=dtype, name=name)
+        return Conv(f, (k, k), (s, s), padding=((k // 2, k // 2),) * 2, kernel_init=_conv_init, dtype=dtype,
+                    impl=impl, name=name)
+    return conv
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
 
     filters: int
     strides: int = 1
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
-            kernel_init=_conv_init, dtype=self.dtype, name=name)
+        conv = _conv_factory(self.dtype, self.conv_impl)
         y = conv(self.filters, 3, self.strides, "conv1")(x)
         y = nn.relu(_norm(train, self.dtype, "bn1")(y))
         y = conv(self.filters, 3, 1, "conv2")(y)
@@ -68,12 +82,11 @@ class Bottleneck(nn.Module):
     filters: int
     strides: int = 1
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
-            kernel_init=_conv_init, dtype=self.dtype, name=name)
+        conv = _conv_factory(self.dtype, self.conv_impl)
         y = nn.relu(_norm(train, self.dtype, "bn1")(conv(self.filters, 1, 1, "conv1")(x)))
         y = nn.relu(_norm(train, self.dtype, "bn2")(conv(self.filters, 3, self.strides, "conv2")(y)))
         y = _norm(train, self.dtype, "bn3")(conv(4 * self.filters, 1, 1, "conv3")(y))
@@ -93,6 +106,16 @@ class ResNetEncoder(nn.Module):
       stem: "imagenet" (7x7 stride-2 conv + 3x3 stride-2 max-pool, for inputs >= 64 px)
         or "small" (3x3 stride-1 conv, no pool, for 32x32-like inputs).
       dtype: compute dtype (parameters stay float32).
+      stem_impl: how the imagenet stem's 7x7 stride-2 convolution is computed
+        (``ucmkd_jax.models.ops.stem_conv``): "conv" (plain), "space_to_depth" (a 4x4 stride-1
+        convolution on 2x2-blocked input), ..., or "auto" (the one measured faster on the
+        platform, ``ops.AUTO``). Same function and the same parameters whichever runs.
+      pool_impl: the imagenet stem's max-pool (``ucmkd_jax.models.ops.max_pool``):
+        "reduce_window" (``flax.linen.max_pool``, select-and-scatter gradient), "masked" (the
+        same output, a scatter-free gradient; ties: the first maximum, as PyTorch) or "auto".
+      conv_impl: the blocks' convolutions (``ucmkd_jax.models.ops.conv2d``): "conv" (plain),
+        "patches_when_small" (one matrix product where a map has fewer positions than the
+        kernel has taps: XLA:CPU's slow case) or "auto".
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -100,6 +123,9 @@ class ResNetEncoder(nn.Module):
     width: int = 64
     stem: str = "imagenet"
     dtype: Any = jnp.float32
+    stem_impl: str = "auto"
+    pool_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @property
     def stage_channels(self) -> tuple:
@@ -117,10 +143,15 @@ class ResNetEncoder(nn.Module):
         stage feature maps (N, h_k, w_k, c_k) when ``return_stages``."""
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                        kernel_init=_conv_init, dtype=self.dtype, name="stem_conv")(x)
+            stem_impl = resolve_impl("stem", self.stem_impl)
+            if stem_impl == "conv":
+                x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                            kernel_init=_conv_init, dtype=self.dtype, name="stem_conv")(x)
+            else:  # the same "stem_conv/kernel" (7, 7, C, width) parameter, computed another way
+                x = StemConv(self.width, kernel_init=_conv_init, dtype=self.dtype, impl=stem_impl,
+                             name="stem_conv")(x)
             x = nn.relu(_norm(train, self.dtype, "stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+            x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), impl=self.pool_impl)
         elif self.stem == "small":
             x = nn.Conv(self.width, (3, 3), (1, 1), padding=[(1, 1), (1, 1)], use_bias=False,
                         kernel_init=_conv_init, dtype=self.dtype, name="stem_conv")(x)
@@ -132,7 +163,8 @@ class ResNetEncoder(nn.Module):
         for i, n_blocks in enumerate(self.stage_sizes):
             for j in range(n_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
-                x = block_cls(self.width * 2**i, strides, self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
+                x = block_cls(self.width * 2**i, strides, self.dtype, self.conv_impl,
+                              name=f"stage{i + 1}_block{j + 1}")(x, train)
             stages.append(x)
         z = jnp.mean(at_least_f32(x), axis=(1, 2))
         return (z, stages) if return_stages else z
