@@ -69,6 +69,8 @@ from typing import Any, Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``ucmkd_jax`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import vit_cases  # noqa: E402  (--arch vit_b_to_s / vit_l_to_s: the ViT models and shapes)
+
 # case name -> (registered method or None for the teacher forward, hypergrad)
 CASES: Dict[str, tuple] = {
     "teacher_fwd": (None, None),
@@ -231,10 +233,14 @@ def _build_models_and_batch(direction: str, shapes: dict, dtype: str, stem: str,
     (h, w), (t, vh, vw) = shapes["audio_hw"], shapes["video_thw"]
     per_sample = {"audio": (h, w, 1), "video": (t, vh, vw, 3)}
     s_mod, t_mod = ("video", "audio") if direction == "a2v" else ("audio", "video")
+    vit = (lambda role, mod: vit_cases.jax_model_kwargs(shapes, role, mod) if "arch" in shapes else {})  # noqa: E731
+    # ResNets: how the imagenet stem's convolution and max-pool are computed (--stem-impl, --pool-impl).
+    resnet = ({"options": {k: shapes[k] for k in ("stem_impl", "pool_impl", "conv_impl")}}
+              if "arch" not in shapes and "stem_impl" in shapes else {})
     teacher = build_model(t_mod, per_sample[t_mod], NUM_CLASSES, width=shapes["width"], stem=stem, dtype=cdtype,
-                          name="teacher")
+                          name="teacher", **vit("teacher", t_mod), **resnet)
     student = build_model(s_mod, per_sample[s_mod], NUM_CLASSES, width=shapes["width"], stem=stem, dtype=cdtype,
-                          name="student")
+                          name="student", **vit("student", s_mod), **resnet)
     k = jax.random.split(jax.random.PRNGKey(seed), 5)
     n = shapes["batch"]
     batch = {"x_s": jax.random.normal(k[0], (n,) + per_sample[s_mod], jnp.float32),
@@ -282,6 +288,7 @@ class JaxCase:
         from ucmkd_jax.train import build_step
 
         method, hypergrad = CASES[case]
+        shapes = vit_cases.for_case(shapes, hypergrad)
         student, teacher, sv, tv, batch = _models_and_batch(direction, shapes, dtype, stem, seed, compile_only)
         jax.block_until_ready((sv, tv, batch))
         if case.startswith("fa_solve"):
@@ -375,7 +382,8 @@ def _torch_case(case: str, direction: str, shapes: dict, dtype: str, device: str
 
     return tr.TorchCase(TORCH_METHOD[case], direction, batch=shapes["batch"], audio_hw=shapes["audio_hw"],
                         video_thw=shapes["video_thw"], width=shapes["width"], num_classes=NUM_CLASSES, stem=stem,
-                        dtype=dtype, device=device, seed=seed)
+                        dtype=dtype, device=device, seed=seed,
+                        vit=vit_cases.torch_vit_kwargs(shapes) if "arch" in shapes else None)
 
 
 def _torch_fields(case: str, tc, times: List[float], batch: int, dtype: str, interleaved: bool) -> dict:
@@ -539,7 +547,7 @@ def target_checks(records: List[dict]) -> List[str]:
             want = {"bfloat16": 6, "float32": 3}[dt]
             out.append(f"{tag} torch / jax ucmkd first_order = {tms[('ucmkd', d, dt)] / g('ucmkd'):.2f}x "
                        f"(GPU target >= {want}x)")
-    return out
+    return out + vit_cases.target_checks(records)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -556,8 +564,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, help="override the ResNet width (64 = ResNet-18)")
     p.add_argument("--audio-hw", type=lambda s: _dims(s, 2), help="override the spectrogram HxW, e.g. 257x1004")
     p.add_argument("--video-thw", type=lambda s: _dims(s, 3), help="override frames x H x W, e.g. 2x224x224")
+    p.add_argument("--stem-impl", default="auto",
+                   help="ResNet stem convolution: auto (ucmkd_jax.models.ops.AUTO for the platform), conv (plain), "
+                        "conv_pad8, space_to_depth, space_to_depth_pad8, space_to_depth_fwd")
+    p.add_argument("--pool-impl", default="auto", help="ResNet stem max-pool: auto, reduce_window (plain), masked")
+    p.add_argument("--conv-impl", default="auto", help="ResNet block convolutions: auto, conv (plain), patches_when_small")
     p.add_argument("--stem", default="imagenet", choices=("imagenet", "small"),
                    help="ResNet stem on both sides (default imagenet, as the authors)")
+    p.add_argument("--arch", default="resnet18", choices=("resnet18",) + tuple(vit_cases.ARCHS),
+                   help="the backbones: ResNet-18 on both sides, or a ViT-B/16 or ViT-L/16 teacher and a ViT-S/16 "
+                        "student at their own shapes (benchmarks/vit_cases.py: batch 32, Tables 8 and 10)")
+    p.add_argument("--vit-attention", default="auto", choices=("auto", "xla", "cudnn"),
+                   help="ViT attention kernel (auto: cuDNN's fused one on a GPU in bf16; unrolled students: XLA)")
+    p.add_argument("--vit-remat", action="store_true", help="ViT blocks under jax.checkpoint (memory for compute)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     p.add_argument("--vs-torch", action="store_true", help="also time benchmarks/torch_reference.py")
@@ -608,9 +627,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     shapes = dict(SMALL if args.small else FULL)
+    if args.arch != "resnet18":
+        shapes = vit_cases.shapes_for(args.arch, args.small, args.vit_attention, args.vit_remat)
     for key in ("batch", "width", "audio_hw", "video_thw"):
         if getattr(args, key) is not None:
             shapes[key] = getattr(args, key)
+    shapes.update(stem_impl=args.stem_impl, pool_impl=args.pool_impl, conv_impl=args.conv_impl)
     args.shapes = shapes
     return args
 
@@ -682,6 +704,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         warnings.warn(f"--threads {args.threads}: {note}")
     import jax
 
+    from ucmkd_jax.models.ops import resolve_impl
+
     dev = jax.devices()[0]
     platform = dev.platform
     device_name = f"{platform}:{dev.device_kind}"
@@ -707,9 +731,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         import torch
 
         versions["torch_version"] = torch.__version__
-    base = {"batch": args.shapes["batch"], "device": device_name, "backend": platform,
+    base = {"arch": args.arch, "remat": args.vit_remat, "batch": args.shapes["batch"], "device": device_name, "backend": platform,
             "width": args.shapes["width"], "audio_hw": list(args.shapes["audio_hw"]),
             "video_thw": list(args.shapes["video_thw"]), "stem": args.stem, "steps": args.steps,
+            "stem_impl": resolve_impl("stem", args.stem_impl, platform),
+            "pool_impl": resolve_impl("pool", args.pool_impl, platform),
+            "conv_impl": resolve_impl("conv", args.conv_impl, platform),
             "warmup": args.warmup, "threads": args.threads, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             **versions, **peak}
     print(f"# step_bench on {device_name} (jax {jax.__version__}), shapes {args.shapes}, "

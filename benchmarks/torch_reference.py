@@ -25,6 +25,9 @@ JAX step, written as the authors' PyTorch release writes it, so that the speed r
   SGD step; copy the copy's BatchNorm buffers back.
 * ``vanilla_kd``: (1 - alpha) CE + alpha T^2 KL on paired batches (T = 4, alpha = 0.9).
 * ``teacher_fwd``: the frozen teacher's forward alone (a floor for the other methods).
+* ViTs (``TorchCase(vit=...)``, ``step_bench.py --arch vit_b_to_s``): the release's torchvision
+  (images) and timm (spectrograms) ViTs of ``benchmarks/torch_vit.py`` instead of the ResNet-18s,
+  the same steps.
 
 Mixed precision (``dtype="bfloat16"``) uses ``torch.autocast`` for the networks; the cost
 matrix and Sinkhorn always run in float32. On CUDA, PyTorch's defaults are kept (TF32
@@ -357,14 +360,23 @@ class TorchCase:
 
     def __init__(self, method: str, direction: str, *, batch: int, audio_hw, video_thw, width: int,
                  num_classes: int = 6, stem: str = "imagenet", dtype: str = "float32", device: str = "cpu",
-                 seed: int = 0):
+                 seed: int = 0, vit: Optional[dict] = None):
         if direction not in ("a2v", "v2a"):
             raise ValueError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
         torch.manual_seed(seed)
         s_mod, t_mod = ("video", "audio") if direction == "a2v" else ("audio", "video")
         self.device = device
-        self.student = build_model(s_mod, num_classes, width, stem, device)
-        self.teacher = build_model(t_mod, num_classes, width, stem, device)
+        if vit is None:
+            self.student = build_model(s_mod, num_classes, width, stem, device)
+            self.teacher = build_model(t_mod, num_classes, width, stem, device)
+        else:  # {"teacher": ..., "student": ...}: torch_vit.build_vit_model keywords (benchmarks/vit_cases.py)
+            from benchmarks.torch_vit import build_vit_model
+
+            hw = {"audio": tuple(audio_hw), "video": tuple(video_thw)[1:]}
+            self.student = build_vit_model(s_mod, num_classes=num_classes, input_hw=hw[s_mod], device=device,
+                                           **vit["student"])
+            self.teacher = build_vit_model(t_mod, num_classes=num_classes, input_hw=hw[t_mod], device=device,
+                                           **vit["teacher"])
         self.batch = make_batch(s_mod, t_mod, batch, audio_hw, video_thw, num_classes, device, seed)
         self._step = make_step(method, self.student, self.teacher, TorchConfig(dtype=dtype))
         self.loss = None

@@ -6,8 +6,11 @@
     python experiments/run.py --dataset arrays --teacher-data T.npz --student-data S.npz  # your own data
     python experiments/run.py --set method.fa.epsilon=0.05 --set optim.momentum=0.8   # any config field
     python experiments/run.py --dataset crema_d --list-config                           # every field
+    python experiments/run.py --dataset ave --data-dir DIR --preset vit_b_to_s --teacher-init B.pth \
+        --student-init S.safetensors                                                    # Table 8 (ViTs)
 
 Configuration: the preset of --dataset (ucmkd_jax/config.py, the paper's Table 12), then the
+recipe of --preset if given (ucmkd_jax/recipes.py: the ViT tables 8 and 10), then the
 short flags below (each an alias of one config field), then every --set PATH=VALUE in order.
 Values are typed and checked by the config itself; --list-config prints every PATH, its type and
 its resolved value.
@@ -45,6 +48,7 @@ from ucmkd_jax.experiment import build_models, check_run, expand_directions, run
 from ucmkd_jax.models import describe_model  # noqa: E402
 from ucmkd_jax.overrides import ConfigError, choices_of, describe_fields, set_field  # noqa: E402
 from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
+from ucmkd_jax.recipes import RECIPES, apply_recipe  # noqa: E402
 
 # Short flags: each is an alias of one config field (type and choices come from the field).
 ALIASES = {
@@ -85,6 +89,9 @@ ALIASES = {
     "--latent-dim": ("model.latent_dim", "latent size shared by both sides (arrays default 512; else the "
                                          "encoders' own)"),
     "--mlp-depth": ("model.mlp_depth", "layers of the MLP encoder of vectors (default 2)"),
+    "--teacher-init": ("model.teacher_init", "ViT checkpoint (torchvision .pth, timm .pth/.safetensors) the "
+                                             "teacher starts from"),
+    "--student-init": ("model.student_init", "ViT checkpoint the student starts from"),
     "--teacher-data": ("teacher_data", "--dataset arrays: teacher modality .npz (x_train, y_train[, x_val, "
                                        "y_val, x_test, y_test])"),
     "--student-data": ("student_data", "--dataset arrays: student modality .npz (same layout, same labels 0..K-1)"),
@@ -98,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = ExperimentConfig()
     p.add_argument("--dataset", default="synthetic", choices=choices_of(default, "dataset"))
+    p.add_argument("--preset", default=None, choices=sorted(RECIPES),
+                   help="a recipe laid over the dataset's preset (ucmkd_jax/recipes.py): vit_b_to_s (Table 8), "
+                        "vit_l_to_s (Table 10), vit_tiny (the ViT path on a CPU)")
     for flag, (path, text) in ALIASES.items():
         node, name = default, path.split(".")[-1]
         for part in path.split(".")[:-1]:
@@ -130,9 +140,11 @@ def given_paths(args) -> list:
 
 
 def resolve_config(args) -> ExperimentConfig:
-    """The preset of --dataset, then every short flag given, then every --set. Raises
-    ConfigError naming the field for a bad value."""
+    """The preset of --dataset, then the recipe of --preset (``ucmkd_jax.recipes``), then every
+    short flag given, then every --set. Raises ConfigError naming the field for a bad value."""
     cfg = get_preset(args.dataset)
+    if args.preset:
+        cfg = apply_recipe(cfg, args.preset)
     for path, _ in ALIASES.values():
         value = getattr(args, path)
         if value is not None:

@@ -96,7 +96,8 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
             dtype: str = "float32", epochs: int = 100, teacher_epochs: int = 100, batch_size: int = 64,
             eval_batch_size: int = 256, lr: Optional[float] = None, optim: Optional[OptimConfig] = None,
             method_config: Optional[MethodConfig] = None, seed: int = 0, val_fraction: float = 0.1,
-            unpaired: str = "easy", subsample: float = 1.0,
+            unpaired: str = "easy", subsample: float = 1.0, teacher_init: Optional[str] = None,
+            student_init: Optional[str] = None, model_options: Optional[dict] = None,
             progress: bool = True, log: Optional[Callable[[str], None]] = print) -> Distilled:
     """Distil a student of one modality from a teacher of another, without paired samples.
 
@@ -120,7 +121,8 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
         with ResNet encoders: they distil feature maps).
       num_classes: K, if a class may be absent from one side (default: 1 + the largest label).
       teacher_backbone, student_backbone: "auto" (mlp for vectors, resnet18 otherwise) or a name
-        in ``ucmkd_jax.models.BACKBONES`` ("mlp", "resnet18", "resnet34", "resnet50").
+        in ``ucmkd_jax.models.BACKBONES`` ("mlp", "resnet18", "resnet34", "resnet50", "vit_s16",
+        "vit_b16", "vit_l16").
       width: first-stage ResNet channels (64 = the paper); MLP hidden size is 4 * width.
       latent_dim: the shared latent size (default 512, or the given teacher's).
       mlp_depth, stem, dtype: see ``ucmkd_jax.models.build_model``.
@@ -130,6 +132,11 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
       unpaired: the distillation regime (``ucmkd_jax.data.regimes``): "easy" (default), "medium"
         or "hard" ("paired" is impossible: array datasets are separate collections).
       subsample: fraction of each train split kept, stratified (validation and test stay whole).
+      teacher_init, student_init: ViT checkpoint files (torchvision ``.pth``, timm ``.pth`` /
+        ``.safetensors``) the encoders start from (``ucmkd_jax.models.pretrained``); the teacher
+        is then pre-trained from there (unless given).
+      model_options: further ``ucmkd_jax.config.ModelConfig`` fields, e.g. ``{"vit_depth": 2,
+        "projection": "linear_bn_relu", "video_frames": "mean_pixels"}``.
       log: receives the loader's notices (``print``; None: silent).
     Returns:
       ``Distilled(student, teacher, metrics, history)``.
@@ -185,7 +192,8 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
         optim = dataclasses.replace(optim, lr=lr)
     model = ModelConfig(teacher_backbone=teacher_backbone, student_backbone=student_backbone, width=width, stem=stem,
                         dtype=dtype, latent_dim=DEFAULT_LATENT_DIM if latent_dim is None else latent_dim,
-                        mlp_depth=mlp_depth)
+                        mlp_depth=mlp_depth, teacher_init=teacher_init, student_init=student_init,
+                        **(model_options or {}))
     cfg = dataclasses.replace(
         PRESETS["arrays"], methods=(method,), seeds=1, first_seed=seed, unpaired=unpaired, subsample=subsample,
         model=model, train=TrainConfig(epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size,

@@ -61,13 +61,31 @@ class ModelConfig:
 
     backbone: the encoder of image-like inputs on both sides (ResNet-18 in the paper);
       ``teacher_backbone`` / ``student_backbone`` override it per side ("auto": ``backbone``,
-      or an MLP for (N, D) vectors).
-    width: first-stage ResNet channels (64 = the paper; MLP hidden = 4 * width).
+      or an MLP for (N, D) vectors). ViTs: vit_s16, vit_b16, vit_l16 (``ucmkd_jax.models.vit``).
+    width: first-stage ResNet channels (64 = the paper; MLP hidden = 4 * width); a ViT's head
+      width (64 = the standard ViT-S/B/L).
     stem: "auto" (small 3x3 stem below 64 px), "imagenet" or "small".
+    stem_impl, pool_impl, conv_impl: how a ResNet's imagenet stem convolution, its max-pool and
+      its blocks' convolutions are computed (``ucmkd_jax.models.ops``: the same function and
+      parameters whichever; "auto": the one measured faster on the platform at hand,
+      ``ops.AUTO``; "conv" / "reduce_window" / "conv": the plain ops).
     dtype: compute dtype (parameters stay float32).
     latent_dim: the latent size both sides share (None: the encoders' own, 8 * width for
-      ResNet-18); a side whose encoder ends elsewhere gets a linear projection.
+      ResNet-18); a side whose encoder ends elsewhere gets a projection (``projection``).
     mlp_depth: layers of the MLP encoder of vectors.
+    projection: "linear", or "linear_bn_relu" (the authors' ViT release: ViT-S's CLS token to
+      the teacher's width by Linear -> BatchNorm1d -> ReLU).
+    video_frames: "per_frame" (each frame encoded, features averaged) or "mean_pixels" (the
+      frames averaged in pixel space before one pass: the authors' ViT release).
+    vit_depth: blocks of every ViT (None: 12 for S and B, 24 for L; tests shrink it).
+    vit_remat: recompute each ViT block in the backward pass (``jax.checkpoint``): less memory.
+    vit_attention: "auto" (cuDNN's fused kernel on a GPU in bfloat16, else XLA's), "xla" or
+      "cudnn"; a student that an unrolled hypergradient differentiates twice always gets "xla".
+    vit_audio_size: (H, W) spectrograms are resized to (bilinear) before a ViT (the release:
+      256,1024 for 257 x 1004); None: the nearest multiples of 16.
+    teacher_init, student_init: ViT checkpoint files (torchvision ``.pth`` or timm ``.pth`` /
+      ``.safetensors``) the encoder trunk starts from (``ucmkd_jax.models.pretrained``); the
+      teacher then pre-trains from it, the student distils from it. None: random init.
     """
 
     backbone: str = choice_field("resnet18", _backbones(auto=False))
@@ -75,12 +93,27 @@ class ModelConfig:
     student_backbone: str = choice_field("auto", _backbones(auto=True))
     width: int = bounded(64, ge=1)
     stem: Literal["auto", "imagenet", "small"] = "auto"
+    stem_impl: Literal["auto", "conv", "conv_pad8", "space_to_depth", "space_to_depth_pad8",
+                       "space_to_depth_fwd"] = "auto"
+    pool_impl: Literal["auto", "reduce_window", "masked"] = "auto"
+    conv_impl: Literal["auto", "conv", "patches_when_small"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     latent_dim: Optional[int] = bounded(None, ge=1)
     mlp_depth: int = bounded(2, ge=1)
+    projection: Literal["linear", "linear_bn_relu"] = "linear"
+    video_frames: Literal["per_frame", "mean_pixels"] = "per_frame"
+    vit_depth: Optional[int] = bounded(None, ge=1)
+    vit_remat: bool = False
+    vit_attention: Literal["auto", "xla", "cudnn"] = "auto"
+    vit_audio_size: Optional[Tuple[int, ...]] = None
+    teacher_init: Optional[str] = None
+    student_init: Optional[str] = None
 
     def __post_init__(self):
         validate(self)
+        size = self.vit_audio_size
+        if size is not None and (len(size) != 2 or any(s < 16 or s % 16 for s in size)):
+            raise ConfigError(f"ModelConfig.vit_audio_size must be H,W, multiples of 16; got {size!r}")
 
 
 @dataclasses.dataclass(frozen=True)

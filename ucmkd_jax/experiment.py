@@ -15,18 +15,19 @@ from typing import Callable, Iterable, List, Optional, Tuple
 import jax
 import numpy as np
 
-from ucmkd_jax.config import ExperimentConfig
+from ucmkd_jax.config import ExperimentConfig, ModelConfig
 from ucmkd_jax.data import CrossModalDataset, ModalityData, load_dataset, roles
 from ucmkd_jax.data.base import DIRECTIONS, Split
 from ucmkd_jax.data.regimes import protocol_indices
 from ucmkd_jax.methods.base import get_method
-from ucmkd_jax.models import Model, build_model, default_backbone
+from ucmkd_jax.models import BACKBONES, Model, build_model, default_backbone
+from ucmkd_jax.models.pretrained import trunk_from_file
 from ucmkd_jax.parallel import data_mesh
 from ucmkd_jax.protocol import StudentRun, check_batch_fits, prepare_seed, train_student
 from ucmkd_jax.results import format_mean_std
 from ucmkd_jax.train import StepCache
 
-__all__ = ["expand_directions", "build_models", "check_run", "run_experiment", "summarize"]
+__all__ = ["expand_directions", "build_models", "backbone_options", "check_run", "run_experiment", "summarize"]
 
 
 def expand_directions(direction: str) -> Tuple[str, ...]:
@@ -38,17 +39,37 @@ def build_models(cfg: ExperimentConfig, teacher_data: Optional[ModalityData], st
     """(teacher, student) ``Model``s of ``cfg.model`` for the two modalities (teacher None
     without teacher data). A side's backbone is ``model.teacher_backbone`` /
     ``model.student_backbone``, "auto" meaning ``model.backbone`` (an MLP for vectors); both
-    end at ``model.latent_dim`` (None: the encoders' own, which must then agree)."""
+    end at ``model.latent_dim`` (None: the encoders' own, which must then agree), through
+    ``model.projection``; a backbone's own options (a ViT's ``vit_*`` fields) come from
+    ``cfg.model`` too (``backbone_options``)."""
     m = cfg.model
+    # The exact hypergradient differentiates the student's forward twice: cuDNN's fused attention
+    # has no second derivative, so that student takes XLA's attention.
+    twice = cfg.method.hypergrad == "unrolled" and any(name.startswith("ucmkd") for name in cfg.methods)
 
     def one(data, backbone, name):
         if data is None:
             return None
         backbone = default_backbone(data.modality, m.backbone) if backbone == "auto" else backbone
         return build_model(data.modality, data.sample_shape, num_classes, backbone, width=m.width, stem=m.stem,
-                           dtype=m.dtype, latent_dim=m.latent_dim, mlp_depth=m.mlp_depth, name=name)
+                           dtype=m.dtype, latent_dim=m.latent_dim, mlp_depth=m.mlp_depth, name=name,
+                           options=backbone_options(m, backbone, data.modality, twice and name == "student"),
+                           projection=m.projection, video_frames=m.video_frames)
 
     return one(teacher_data, m.teacher_backbone, "teacher"), one(student_data, m.student_backbone, "student")
+
+
+def backbone_options(m: ModelConfig, backbone: str, modality: str, second_order: bool = False) -> dict:
+    """The ``build_model(options=...)`` of ``backbone`` from the ModelConfig ``m``: for a ViT its
+    depth, remat, attention ("xla" when ``second_order``: see ``build_models``) and, for
+    spectrograms, the size they are resized to; {} for backbones without options."""
+    if "pool_impl" in BACKBONES.get(backbone).options:  # a ResNet: how its stem is computed
+        return {"stem_impl": m.stem_impl, "pool_impl": m.pool_impl, "conv_impl": m.conv_impl}
+    if "attention" not in BACKBONES.get(backbone).options:
+        return {}
+    attention = "xla" if second_order and m.vit_attention == "auto" else m.vit_attention
+    return {"depth": m.vit_depth, "remat": m.vit_remat, "attention": attention,
+            "input_size": m.vit_audio_size if modality == "audio" else None}
 
 
 def check_run(cfg: ExperimentConfig, dataset: CrossModalDataset, models: Optional[tuple] = None,
@@ -156,6 +177,9 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
     for direction in directions:
         t_data, s_data = _roles(dataset, direction, prebuilt=models is not None)
         teacher, student = models if models is not None else build_models(cfg, t_data, s_data, dataset.num_classes)
+        for model, init_path in ((teacher, cfg.model.teacher_init), (student, cfg.model.student_init)):
+            if init_path and model is not None:  # a file that does not fit is refused before any training
+                trunk_from_file(model, init_path)
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             todo = [m for m in cfg.methods if (direction, m, seed) not in done]
             if not todo:

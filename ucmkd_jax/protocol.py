@@ -37,6 +37,7 @@ from ucmkd_jax.data.base import ModalityData, Split
 from ucmkd_jax.data.regimes import distillation_pools, subsample
 from ucmkd_jax.methods.base import get_method
 from ucmkd_jax.models.model import Model
+from ucmkd_jax.models.pretrained import initial_variables
 from ucmkd_jax.results import write_text
 from ucmkd_jax.run_log import EpochLog
 from ucmkd_jax.train import StepCache, TrainResult, evaluate, fit
@@ -146,7 +147,7 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
     Returns (variables, info): ``evaluate_teacher``'s info plus "teacher_cached".
     """
     t_seed = seeds.teacher_seed(seed)
-    init = teacher.init(jax.random.PRNGKey(t_seed))
+    init = initial_variables(teacher, jax.random.PRNGKey(t_seed), cfg.model.teacher_init)
     path = os.path.join(cache_dir, f"teacher_seed{seed}") if cache_dir else None
     cached = path is not None and os.path.isdir(path)
     if cached:
@@ -260,7 +261,7 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
         log = EpochLog(os.path.join(run_dir, "logs"), f"{direction}_{method}_seed{seed}")
     start = time.time()
     try:
-        result = fit(student, student.init(jax.random.PRNGKey(seed)),
+        result = fit(student, initial_variables(student, jax.random.PRNGKey(seed), cfg.model.student_init),
                      s_data.train, s_data.val, method=method,
                      method_config=cfg.method, optim=cfg.optim, train_config=cfg.train,
                      teacher=data.teacher_model if use_t else None,

@@ -42,16 +42,17 @@ def check_teacher(method: str, student: Model, teacher: Optional[Model], same_cl
 
 
 def check_feature_maps(method: str, *models: Model) -> None:
-    """Feature-map methods need encoders with spatial stage maps (a ResNet, projected or not;
-    the MLP encoder of vectors has none)."""
+    """Feature-map methods need encoders with spatial stage maps (a ResNet's four stages or a
+    ViT's tapped patch tokens, projected or not; the MLP encoder of vectors has none)."""
     for m in models:
         if getattr(m.encoder, "stage_channels", None) is None:
             raise ValueError(f"{method} distils stage feature maps: {m.name} ({m.modality}) needs an encoder "
-                             f"with spatial feature maps (a ResNet), not {type(m.encoder).__name__}")
+                             f"with spatial feature maps (a ResNet or a ViT), not {type(m.encoder).__name__}")
 
 
 def stage_channels(model: Model) -> list:
-    """Channels of the encoder's stage maps (a ResNet's four: width * 2^k, x4 for bottlenecks)."""
+    """Channels of the encoder's stage maps (a ResNet's four: width * 2^k, x4 for bottlenecks; a
+    ViT's five: its token width)."""
     return list(model.encoder.stage_channels)
 
 

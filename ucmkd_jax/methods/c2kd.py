@@ -21,7 +21,8 @@ code does.
 
 Defaults (the authors' release, huofushuo/C2KD): temperature 1 (every KL term carries a T^2
 factor, 1 at the default), all weights 1, Kendall threshold
-0, proxies on stage 3 (256 channels at width 64), LeakyReLU slope 0.1, BatchNorm in train mode on
+0, proxies on stage 3 (256 channels at width 64; a ViT's third map, the tokens after block 8 of
+12 or 17 of 24), LeakyReLU slope 0.1, BatchNorm in train mode on
 both sides, teacher and proxies updated by the same outer optimiser as the student (one SGD in
 the release). State: the jointly trained teacher's params and BatchNorm statistics are in
 ``params["extra"]["teacher"]`` / ``batch_stats["extra"]["teacher"]``, the proxies in
@@ -135,7 +136,7 @@ def build_c2kd(student: Model, teacher: Model, config: MethodConfig):
     check_teacher("c2kd", student, teacher)
     check_feature_maps("c2kd", student, teacher)
     opts: C2KDConfig = options(config, "c2kd", C2KDConfig())
-    n_stages = len(stage_channels(student))
+    n_stages = min(len(stage_channels(student)), len(stage_channels(teacher)))  # 4 ResNet stages, 5 ViT maps
     if not 1 <= opts.stage <= n_stages:
         raise ValueError(f"c2kd stage must be in 1..{n_stages}, got {opts.stage}")
     k = opts.stage - 1

@@ -13,7 +13,7 @@ r ends in the teacher layer's non-linearity (ReLU), as the paper requires of r a
 parameters live in ``params["extra"]["regressor"]`` and are trained with the student.
 
 Defaults and where they come from: ``stage = 2`` (1-based; the 128-channel map of ResNet-18 at
-width 64): the paper takes the middle of the networks, mdistiller's ``HINT_LAYER = 2`` and the
+width 64; a ViT's second map, the tokens after block 5 of 12 or 11 of 24): the paper takes the middle of the networks, mdistiller's ``HINT_LAYER = 2`` and the
 C2KD release's FitNet (the cross-modal code behind Table 2's baselines) both use the second stage;
 ``weight = 100`` (mdistiller ``FITNET.LOSS.FEAT_WEIGHT``, C2KD's release) with CE weight 1.
 Deviation from the paper: Romero et al. train in two stages (hints first, then KD on the whole
@@ -67,8 +67,8 @@ def hint_loss(regressed, hint):
     return jnp.mean((regressed - jax.lax.stop_gradient(hint)) ** 2)
 
 
-def _stage_index(student: Model, opts: FitNetConfig) -> int:
-    n = len(stage_channels(student))
+def _stage_index(student: Model, teacher: Model, opts: FitNetConfig) -> int:
+    n = min(len(stage_channels(student)), len(stage_channels(teacher)))  # 4 ResNet stages, 5 ViT maps
     if not 1 <= opts.stage <= n:
         raise ValueError(f"fitnet stage must be in 1..{n}, got {opts.stage}")
     return opts.stage - 1
@@ -76,7 +76,7 @@ def _stage_index(student: Model, opts: FitNetConfig) -> int:
 
 def init_fitnet(key, student, teacher, teacher_variables, config):
     opts: FitNetConfig = options(config, "fitnet", FitNetConfig())
-    k = _stage_index(student, opts)
+    k = _stage_index(student, teacher, opts)
     reg = HintRegressor(stage_channels(teacher)[k], opts.relu)
     params = reg.init(key, jnp.zeros((1, 1, 1, stage_channels(student)[k]), jnp.float32))["params"]
     return {"params": {"regressor": params}, "batch_stats": {}}
@@ -88,7 +88,7 @@ def build_fitnet(student: Model, teacher: Model, config: MethodConfig):
     check_teacher("fitnet", student, teacher, same_classes=False)
     check_feature_maps("fitnet", student, teacher)
     opts: FitNetConfig = options(config, "fitnet", FitNetConfig())
-    k = _stage_index(student, opts)
+    k = _stage_index(student, teacher, opts)
     reg = HintRegressor(stage_channels(teacher)[k], opts.relu)
 
     def grads_fn(params, batch_stats, teacher_variables, batch, lr):

@@ -1,6 +1,7 @@
 r"""``reviewkd``: Distilling Knowledge via Knowledge Review (Chen, Liu, Zhao, Jia, CVPR 2021).
 
-Five levels per network: the four ResNet stage maps and the pooled feature z as a 1 x 1 map.
+Five levels per network: the four ResNet stage maps and the pooled feature z as a 1 x 1 map (six
+for a ViT: its five maps, ``models.vit``; teacher and student must have as many).
 The student's levels are fused from deep to shallow by attention-based fusion (ABF) into the
 teacher's channel widths and spatial sizes, and every fused level is matched to the teacher's
 level by the hierarchical context loss (HCL):
@@ -132,6 +133,11 @@ def hierarchical_context_loss(student_maps, teacher_maps, pool_sizes: Sequence[i
 
 
 def _fusion(student: Model, teacher: Model, opts: ReviewKDConfig) -> ReviewFusion:
+    n_s, n_t = len(stage_channels(student)), len(stage_channels(teacher))
+    if n_s != n_t:
+        raise ValueError(f"reviewkd fuses student level i into teacher level i, but the student has {n_s} feature "
+                         f"maps and the teacher {n_t} (a ResNet has 4 stages, a ViT 5 maps): use two ResNets or "
+                         f"two ViTs")
     return ReviewFusion(out_channels=tuple(stage_channels(teacher)) + (teacher.latent_dim,),
                         mid_channels=min(opts.max_mid_channels, student.latent_dim))
 

@@ -13,7 +13,7 @@ latent space: the teacher's head must score student features.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import jax.numpy as jnp
 
@@ -21,6 +21,7 @@ from ucmkd_jax.models.mlp import MLPEncoder
 from ucmkd_jax.models.model import MODALITIES, Model
 from ucmkd_jax.models.projection import ProjectedEncoder
 from ucmkd_jax.models.resnet import STAGES, ResNetEncoder
+from ucmkd_jax.models.vit import VIT_OPTIONS, VIT_SIZES, ViTEncoder, make_vit
 from ucmkd_jax.registry import Registry
 
 __all__ = ["BackboneSpec", "BACKBONES", "register_backbone", "DTYPES", "default_backbone", "build_model",
@@ -29,6 +30,7 @@ __all__ = ["BackboneSpec", "BACKBONES", "register_backbone", "DTYPES", "default_
 DEFAULT_LATENT_DIM = 512  # ResNet-18's pooled width at the paper's width 64
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 _SPATIAL = ("audio", "image", "video")
+RESNET_OPTIONS = ("stem_impl", "pool_impl", "conv_impl")  # how the stem and the convolutions are computed (models.ops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +43,18 @@ class BackboneSpec:
     name: str
     make: Callable[..., Any]
     modalities: Tuple[str, ...]
+    options: Tuple[str, ...] = ()  # further keywords ``make`` takes (``build_model(options=...)``)
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
-def register_backbone(name: str, modalities: Tuple[str, ...]):
-    """Decorator: ``@register_backbone("resnet18", ("audio", "image", "video"))`` on a ``make``."""
+def register_backbone(name: str, modalities: Tuple[str, ...], options: Tuple[str, ...] = ()):
+    """Decorator: ``@register_backbone("resnet18", ("audio", "image", "video"))`` on a ``make``;
+    ``options``: the names of further keywords ``make`` takes."""
 
     def deco(make):
-        BACKBONES.add(name, BackboneSpec(name, make, tuple(modalities)))
+        BACKBONES.add(name, BackboneSpec(name, make, tuple(modalities), tuple(options)))
         return make
 
     return deco
@@ -59,16 +63,32 @@ def register_backbone(name: str, modalities: Tuple[str, ...]):
 def _register_resnet(name: str):
     sizes, block = STAGES[name]
 
-    @register_backbone(name, _SPATIAL)
-    def make(input_shape, width, stem, dtype, latent_dim, mlp_depth):
+    @register_backbone(name, _SPATIAL, options=RESNET_OPTIONS)
+    def make(input_shape, width, stem, dtype, latent_dim, mlp_depth, stem_impl="auto", pool_impl="auto",
+             conv_impl="auto"):
         del latent_dim, mlp_depth
         if stem == "auto":  # the ImageNet stem divides the side by 4 before stage 1
             stem = "small" if min(input_shape[-3], input_shape[-2]) < 64 else "imagenet"
-        return ResNetEncoder(stage_sizes=sizes, block=block, width=width, stem=stem, dtype=dtype)
+        return ResNetEncoder(stage_sizes=sizes, block=block, width=width, stem=stem, dtype=dtype,
+                             stem_impl=stem_impl, pool_impl=pool_impl, conv_impl=conv_impl)
 
 
 for _name in STAGES:
     _register_resnet(_name)
+
+
+def _register_vit(name: str):
+    depth0, heads = VIT_SIZES[name]
+
+    @register_backbone(name, _SPATIAL, options=VIT_OPTIONS)
+    def make(input_shape, width, stem, dtype, latent_dim, mlp_depth, depth=None, remat=False, attention="auto",
+             input_size=None):
+        del stem, latent_dim, mlp_depth  # no stem; projected by build_model when latent_dim differs
+        return make_vit(name, input_shape, heads, width, depth or depth0, dtype, remat, attention, input_size)
+
+
+for _name in VIT_SIZES:
+    _register_vit(_name)
 
 
 @register_backbone("mlp", ("vector",))
@@ -85,7 +105,8 @@ def default_backbone(modality: str, image_backbone: str = "resnet18") -> str:
 
 def build_model(modality: str, input_shape, num_classes: int, backbone: str = "auto", *, width: int = 64,
                 stem: str = "auto", dtype: Any = "float32", latent_dim: Optional[int] = None, mlp_depth: int = 2,
-                name: str = "model") -> Model:
+                name: str = "model", options: Optional[Mapping[str, Any]] = None, projection: str = "linear",
+                video_frames: str = "per_frame") -> Model:
     """Build the ``Model`` (encoder + linear head) of one modality.
 
     Args:
@@ -93,10 +114,11 @@ def build_model(modality: str, input_shape, num_classes: int, backbone: str = "a
         and averaged) or "vector" (N, D).
       input_shape: the per-sample shape (no batch axis).
       num_classes: K.
-      backbone: a name in ``BACKBONES`` ("resnet18", "resnet34", "resnet50", "mlp") or "auto"
-        (``default_backbone``).
+      backbone: a name in ``BACKBONES`` ("resnet18", "resnet34", "resnet50", "vit_s16", "vit_b16",
+        "vit_l16", "mlp") or "auto" (``default_backbone``).
       width: first-stage ResNet channels (64 = the paper's ResNet-18, latent 512); the MLP's
-        hidden size is max(4 * width, 8).
+        hidden size is max(4 * width, 8); a ViT's head width (64 = the standard ViT-S/B/L: 384,
+        768, 1024 wide).
       stem: ResNet stem, "imagenet" (7x7 stride-2 conv + max-pool), "small" (3x3 stride-1 conv,
         no pool) or "auto" (small when min(H, W) < 64).
       dtype: compute dtype, a name in ``DTYPES`` or a jnp dtype (parameters stay float32).
@@ -104,6 +126,12 @@ def build_model(modality: str, input_shape, num_classes: int, backbone: str = "a
         width is projected there); None: the encoder's own width (8 * width for an MLP).
       mlp_depth: layers of the MLP encoder.
       name: used in error messages ("teacher", "student").
+      options: further keywords of the backbone's ``make`` (its ``BackboneSpec.options``; a ViT's
+        ``depth``, ``remat``, ``attention``, ``input_size``: ``ucmkd_jax.models.vit.make_vit``).
+      projection: how an encoder of another width reaches ``latent_dim``: "linear" or
+        "linear_bn_relu" (the release's ViT-S head, ``ProjectedEncoder``).
+      video_frames: "per_frame" (each frame encoded, z averaged) or "mean_pixels" (the frames
+        averaged in pixel space, one pass: the authors' ViT release), ``Model.video_frames``.
     Raises:
       ValueError naming the model for an unknown modality or backbone, a backbone that cannot
       encode the modality, a shape of the wrong rank, K < 2 or sizes < 1.
@@ -132,11 +160,15 @@ def build_model(modality: str, input_shape, num_classes: int, backbone: str = "a
         dtype = DTYPES[dtype]
     if (latent_dim is not None and latent_dim < 1) or width < 1 or mlp_depth < 1:
         raise ValueError(f"latent_dim, width and mlp_depth must be >= 1, got {latent_dim}, {width}, {mlp_depth}")
-    encoder = spec.make(input_shape, width, stem, dtype, latent_dim, mlp_depth)
+    unknown = sorted(set(options or {}) - set(spec.options))
+    if unknown:
+        raise ValueError(f"{name}: the {backbone} backbone takes no option {unknown[0]!r}"
+                         + (f" (it takes {', '.join(spec.options)})" if spec.options else ""))
+    encoder = spec.make(input_shape, width, stem, dtype, latent_dim, mlp_depth, **dict(options or {}))
     if latent_dim is not None and encoder.out_dim != latent_dim:
-        encoder = ProjectedEncoder(encoder, latent_dim, dtype)
+        encoder = ProjectedEncoder(encoder, latent_dim, dtype, kind=projection)
     return Model(encoder=encoder, num_classes=int(num_classes), modality=modality, input_shape=input_shape,
-                 name=name)
+                 name=name, video_frames=video_frames)
 
 
 def describe_model(model: Model) -> dict:
@@ -149,7 +181,11 @@ def describe_model(model: Model) -> dict:
     if isinstance(trunk, ResNetEncoder):
         name = next((k for k, (s, b) in STAGES.items() if tuple(s) == tuple(trunk.stage_sizes) and b == trunk.block),
                     "resnet")
-        info.update(backbone=name, width=trunk.width, stem=trunk.stem)
+        info.update(backbone=name, width=trunk.width, stem=trunk.stem, stem_impl=trunk.stem_impl,
+                    pool_impl=trunk.pool_impl, conv_impl=trunk.conv_impl)
+    elif isinstance(trunk, ViTEncoder):
+        info.update(backbone=trunk.arch, dim=trunk.dim, depth=trunk.depth, heads=trunk.heads,
+                    input_size=list(trunk.input_size or model.input_shape[-3:-1]))
     elif isinstance(trunk, MLPEncoder):
         info.update(backbone="mlp", hidden=trunk.hidden, depth=trunk.depth)
     else:

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 
 from ucmkd_jax.precision import at_least_f32
 
-__all__ = ["Model", "MODALITIES"]
+__all__ = ["Model", "MODALITIES", "VIDEO_FRAMES"]
+
+VIDEO_FRAMES = ("per_frame", "mean_pixels")
 
 # Modality -> (input rank without batch, description used in error messages).
 MODALITIES = {
@@ -39,6 +41,8 @@ class Model:
         frame, then averaged over frames (and space, inside the encoder).
       input_shape: the per-sample shape the model was built for (without the batch axis).
       name: used in error messages ("teacher", "student").
+      video_frames: how video is encoded: "per_frame" (above) or "mean_pixels" (the T frames
+        averaged in pixel space, then ONE encoder pass: the authors' ViT release, ``x.mean(dim=2)``).
     """
 
     encoder: nn.Module
@@ -46,6 +50,11 @@ class Model:
     modality: str
     input_shape: Tuple[int, ...]
     name: str = "model"
+    video_frames: str = "per_frame"
+
+    def __post_init__(self):
+        if self.video_frames not in VIDEO_FRAMES:
+            raise ValueError(f"video_frames must be one of {VIDEO_FRAMES}, got {self.video_frames!r}")
 
     @property
     def latent_dim(self) -> int:
@@ -92,7 +101,13 @@ class Model:
                 "batch_stats": enc_vars.get("batch_stats", {})}
 
     def _frames(self, x):
-        return x.reshape((-1,) + x.shape[2:]) if self.modality == "video" else x
+        """What the encoder sees: frames folded into the batch axis (video, per frame), the
+        clip's mean frame (video, mean_pixels) or ``x`` itself."""
+        if self.modality != "video":
+            return x
+        if self.video_frames == "mean_pixels":
+            return x.mean(axis=1)
+        return x.reshape((-1,) + x.shape[2:])
 
     def encode(self, encoder_params, batch_stats, x, train: bool, return_stages: bool = False):
         """z = phi(x). Args: x (N, *input_shape). Returns (z (N, latent_dim) float32,
