@@ -128,19 +128,28 @@ _CREMA_D_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 
 
 def authors_split_files(split_dir: Optional[os.PathLike] = None) -> Dict[str, Path]:
-    """Paths of the authors' CREMA-D file lists (``crema_d_authors_{train,test}.txt``)."""
+    """Paths of the authors' CREMA-D file lists (``crema_d_{train,test}.csv``): by default the copies
+    shipped in ``ucmkd_jax/data/splits/`` (the UCMKD release's lists, MIT; see the README there)."""
     d = Path(split_dir) if split_dir else SPLITS_PACKAGE_DIR
-    return {s: d / f"crema_d_authors_{s}.txt" for s in AUTHORS_SPLIT_COUNTS}
+    return {s: d / f"crema_d_{s}.csv" for s in AUTHORS_SPLIT_COUNTS}
 
 
 def _read_id_list(path: Path) -> List[str]:
+    """Clip ids of a list with one ``id`` or ``id,label`` per line; a label must be the emotion
+    code the id itself carries (``1001_DFA_ANG_XX,ANG``), else the list is refused, naming the line."""
     ids = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        first = line.split(",")[0].strip()  # accepts "1001_DFA_ANG_XX" and "1001_DFA_ANG_XX,ANG"
-        ids.append(os.path.splitext(os.path.basename(first))[0])
+        fields = [f.strip() for f in line.split(",")]
+        cid = os.path.splitext(os.path.basename(fields[0]))[0]
+        m = _CREMA_D_NAME.match(cid)
+        if not m:
+            raise SplitListError(f"{path}:{n}: {fields[0]!r} is not a CREMA-D clip id like 1001_DFA_ANG_XX")
+        if len(fields) > 1 and fields[1] and fields[1] != m.group(3):
+            raise SplitListError(f"{path}:{n}: label {fields[1]!r} does not match the clip id's emotion {m.group(3)!r}")
+        ids.append(cid)
     return ids
 
 
@@ -150,9 +159,9 @@ def _crema_d_authors_assignment(split_dir, seed: int, val_fraction: float) -> Di
     if missing:
         raise SplitListError(
             "--split authors needs the authors' CREMA-D file lists (6698 train / 744 test clip ids, "
-            "one per line, 'id' or 'id,label'), which this project cannot download. Put them at:\n  "
+            "one per line, 'id' or 'id,label'); they ship with the package, so this installation lacks them. Expected:\n  "
             + "\n  ".join(str(p) for p in files.values())
-            + "\n(or pass --split-dir DIR holding crema_d_authors_train.txt and crema_d_authors_test.txt). "
+            + "\n(or pass --split-dir DIR holding crema_d_train.csv and crema_d_test.csv). "
             f"Missing: {', '.join(missing)}. Use --split speaker meanwhile.")
     assign = {}
     for split, path in files.items():

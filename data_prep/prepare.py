@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=spec.DEFAULT_CONFIGS["crema_d"], choices=["speaker", "authors"],
                    help="CREMA-D: speaker = actors held out 70/10/20 (default); authors = the authors' 6698/744 lists")
     p.add_argument("--split-dir", default=None,
-                   help="CREMA-D --split authors: directory with crema_d_authors_{train,test}.txt "
-                        "(default: ucmkd_jax/data/splits/)")
+                   help="CREMA-D --split authors: directory with crema_d_{train,test}.csv "
+                        "(default: the lists shipped in ucmkd_jax/data/splits/)")
     p.add_argument("--channel", default=spec.DEFAULT_CONFIGS["ravdess"], choices=["speech", "song", "both"],
                    help="RAVDESS vocal channel")
     p.add_argument("--classes", default=None, help="VGGSound: N (first N classes, sorted) or a file of class names")

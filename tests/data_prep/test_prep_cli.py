@@ -94,7 +94,7 @@ def test_missing_raw_dir_and_missing_authors_lists_are_clear_errors(tmp_path, cr
     assert _run(crema_d_clean_raw, tmp_path / "out", "--dataset", "crema_d", "--split", "authors",
                 "--split-dir", str(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert "crema_d_authors_train.txt" in err and "--split speaker" in err
+    assert "crema_d_train.csv" in err and "--split speaker" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -54,15 +54,15 @@ def test_crema_d_authors_split_without_lists_fails_with_where_to_put_them(crema_
     with pytest.raises(D.SplitListError) as e:
         D.index_crema_d(crema_d_clean_raw, split="authors", split_dir=tmp_path)
     msg = str(e.value)
-    assert "crema_d_authors_train.txt" in msg and str(tmp_path) in msg and "6698" in msg
+    assert "crema_d_train.csv" in msg and str(tmp_path) in msg and "6698" in msg
 
 
 def test_crema_d_authors_split_from_lists(crema_d_clean_raw, tmp_path):
     present = [c for c, _ in testing.CREMA_D_TINY]
     train = present[:7] + [f"{2000 + i}_XXX_ANG_XX" for i in range(6698 - 7)]
     test = present[7:] + [f"{3000 + i}_XXX_SAD_XX" for i in range(744 - 2)]
-    (tmp_path / "crema_d_authors_train.txt").write_text("\n".join(f"{c},{c.split('_')[2]}" for c in train) + "\n")
-    (tmp_path / "crema_d_authors_test.txt").write_text("\n".join(test) + "\n")
+    (tmp_path / "crema_d_train.csv").write_text("\n".join(f"{c},{c.split('_')[2]}" for c in train) + "\n")
+    (tmp_path / "crema_d_test.csv").write_text("\n".join(test) + "\n")
     idx = D.index_crema_d(crema_d_clean_raw, split="authors", split_dir=tmp_path)
     splits = {t.clip_id: t.split for t in idx.tasks}
     assert {c for c, s in splits.items() if s == "test"} == set(present[7:])
@@ -72,8 +72,34 @@ def test_crema_d_authors_split_from_lists(crema_d_clean_raw, tmp_path):
     assert len(val_ids) == 670
     assert {c for c, s in splits.items() if s == "val"} == set(present[:7]) & val_ids
     assert len(_reasons(idx)["missing_file"]) == 6698 + 744 - 9
-    (tmp_path / "crema_d_authors_test.txt").write_text("\n".join(test[:-1]) + "\n")
+    (tmp_path / "crema_d_test.csv").write_text("\n".join(test[:-1]) + "\n")
     with pytest.raises(D.SplitListError, match="expected 744"):
+        D.index_crema_d(crema_d_clean_raw, split="authors", split_dir=tmp_path)
+
+
+def test_crema_d_authors_split_uses_the_shipped_lists(crema_d_clean_raw):
+    # read the shipped csv files directly (not through datasets.py) as the reference
+    ref = {}
+    for split in ("train", "test"):
+        with open(D.SPLITS_PACKAGE_DIR / f"crema_d_{split}.csv", encoding="utf-8-sig") as f:
+            rows = [line.strip().split(",") for line in f if line.strip()]
+        assert len(rows) == {"train": 6698, "test": 744}[split]
+        ref.update({cid: split for cid, label in rows})
+    assert len(ref) == 6698 + 744  # disjoint lists
+    idx = D.index_crema_d(crema_d_clean_raw, split="authors")
+    got = {t.clip_id: t.split for t in idx.tasks}
+    assert got, "no fixture clip is in the authors' lists"
+    for cid, split in got.items():
+        assert ref[cid] == ("train" if split == "val" else split), cid
+    assert len(_reasons(idx)["missing_file"]) == len(ref) - len(got)
+
+
+def test_crema_d_authors_list_with_a_wrong_label_is_refused_naming_the_line(crema_d_clean_raw, tmp_path):
+    train = [f"{2000 + i}_XXX_ANG_XX,ANG" for i in range(6698)]
+    train[41] = "2041_XXX_ANG_XX,SAD"
+    (tmp_path / "crema_d_train.csv").write_text("\n".join(train) + "\n")
+    (tmp_path / "crema_d_test.csv").write_text("\n".join(f"{3000 + i}_XXX_SAD_XX" for i in range(744)) + "\n")
+    with pytest.raises(D.SplitListError, match=r"crema_d_train.csv:42: label 'SAD' does not match"):
         D.index_crema_d(crema_d_clean_raw, split="authors", split_dir=tmp_path)
 
 
