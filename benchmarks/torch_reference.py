@@ -17,7 +17,8 @@ JAX step, written as the authors' PyTorch release writes it, so that the speed r
   cosine cost 1 - cos between the student and teacher feature clouds, uniform weights),
   one backward on the sum (POT's loop is differentiated by autograd, with its host-side
   convergence checks).
-* ``sumall``: CE + FA + LA jointly; LA sees detached features (only the head moves).
+* ``sumall``: CE + FA + LA jointly, LA on the features themselves (its gradient reaches the
+  encoder through log p_S and log p_T; kappa is a constant), as the release's ``sumall``.
 * ``ucmkd`` (first-order, the authors' bilevel step): deep-copy the student, build a fresh
   AdamW(lr 1e-5, wd 0.05) on the copy; FA inner step (forward, sinkhorn2, backward, AdamW
   step); LA inner step on detached features (second forward, head only); CE forward and
@@ -263,8 +264,8 @@ def make_step(method: str, student: TorchModel, teacher: Optional[TorchModel],
             loss = F.cross_entropy(logits.float(), y)
             loss = loss + config.lambda_fa * feature_alignment(z, z_t, config.sinkhorn_reg, config.sinkhorn_iters)
             if method == "sumall":
-                zd = z.detach().float()
-                loss = loss + config.lambda_la * label_alignment(student.head(zd), teacher.head(zd), y)
+                zf = z.float()
+                loss = loss + config.lambda_la * label_alignment(logits.float(), teacher.head(zf), y)
             outer_update(loss)
             return loss.detach()
         return step

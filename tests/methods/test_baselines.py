@@ -146,13 +146,42 @@ def test_rld_never_imitates_a_wrong_teacher_top1():
 # ---------------------------------------------------------------------------- FitNet
 def test_fitnet_zero_when_the_regressor_maps_student_to_teacher(rng):
     v = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
-    reg = HintRegressor(5)
+    reg = HintRegressor(5, bn=False)
     w, b = rng.normal(size=(1, 1, 3, 5)), rng.normal(size=(5,))
     params = {"conv": {"kernel": jnp.asarray(w, jnp.float32), "bias": jnp.asarray(b, jnp.float32)}}
     guided = resize_hw(v, (4, 6))  # the teacher map is wider, as across modalities
     hint = jnp.maximum(jnp.einsum("nhwc,cd->nhwd", guided, w[0, 0]) + b, 0)
     assert float(hint_loss(reg.apply({"params": params}, guided), hint)) < 1e-10
     assert float(hint_loss(reg.apply({"params": params}, guided), hint + 0.5)) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_fitnet_regressor_is_conv_batchnorm_relu(rng):
+    # mdistiller's ConvReg written out in numpy: 1x1 conv + bias, batch statistics over (n, h, w)
+    # with the biased variance and eps 1e-5, scale and offset, ReLU; running averages move by 0.1.
+    v = rng.normal(size=(3, 4, 5, 2)).astype(np.float32)
+    w, b = rng.normal(size=(2, 6)), rng.normal(size=(6,))
+    gamma, beta = rng.normal(size=(6,)), rng.normal(size=(6,))
+    reg = HintRegressor(6)
+    variables = reg.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 1, 2)), train=False)
+    params = {"conv": {"kernel": jnp.asarray(w[None, None], jnp.float32), "bias": jnp.asarray(b, jnp.float32)},
+              "bn": {"scale": jnp.asarray(gamma, jnp.float32), "bias": jnp.asarray(beta, jnp.float32)}}
+    out, new = reg.apply({"params": params, "batch_stats": variables["batch_stats"]}, jnp.asarray(v), train=True,
+                         mutable=["batch_stats"])
+    y = np.einsum("nhwc,cd->nhwd", v.astype(np.float64), w) + b
+    mu, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
+    ref = np.maximum((y - mu) / np.sqrt(var + 1e-5) * gamma + beta, 0)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(new["batch_stats"]["bn"]["mean"]), 0.1 * mu, rtol=1e-4, atol=1e-6)
+
+
+def test_align_corners_resize_matches_pytorch(rng):
+    import torch  # the bench extra (CI installs it)
+    for (h, w), hw in (((3, 5), (7, 4)), ((4, 4), (9, 2)), ((1, 3), (2, 6))):
+        x = rng.normal(size=(2, h, w, 3))
+        got = np.asarray(resize_hw(jnp.asarray(x, jnp.float32), hw, "bilinear_align_corners"))
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=hw, mode="bilinear",
+                                              align_corners=True).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- ReviewKD
@@ -193,7 +222,7 @@ def test_norm_zero_when_the_expansion_matches(rng):
     w = np.tile(a, (1, 4))  # each of the N = 4 segments reproduces the teacher feature
     assert float(n_to_one_matching(jnp.asarray(z_s @ w), jnp.asarray(z_t), 4)) < 1e-10
     e = rng.normal(size=(5, 8))
-    ref = 0.5 * (np.mean((e[:, :4] - z_t) ** 2) + np.mean((e[:, 4:] - z_t) ** 2))
+    ref = np.mean((e[:, :4] - z_t) ** 2) + np.mean((e[:, 4:] - z_t) ** 2)  # summed over the N = 2 segments
     assert float(n_to_one_matching(jnp.asarray(e), jnp.asarray(z_t), 2)) == pytest.approx(ref, rel=1e-5)
 
 

@@ -87,3 +87,32 @@ def test_latent_mismatch_is_refused(tiny_pair):
     student = build_model("video", (2, 8, 8, 3), 3, width=4, name="student")
     with pytest.raises(ValueError, match="student latent dim 32 != teacher latent dim 16"):
         get_method("ucmkd").build(student, teacher, CFG)
+
+
+def test_sumall_is_the_joint_loss_its_la_term_reaches_the_encoder(tiny_pair):
+    """sumall's gradient equals jax.grad of CE + l1 FA + l2 LA written out here, with LA on the
+    features themselves (kappa the only constant); the detached variant (the former default)
+    gives a different encoder gradient, so this test tells the two apart."""
+    from ucmkd_jax.losses.feature_alignment import feature_alignment
+    teacher, student, tv, sv, batch = tiny_pair
+    cfg = dataclasses.replace(CFG, lambda_fa=0.3, lambda_la=0.7)
+    grads, _, _ = get_method("sumall").build(student, teacher, cfg)(sv["params"], sv["batch_stats"], tv, batch, 0.0)
+    y = batch["y_s"]
+    z_t = teacher.encode(tv["params"]["encoder"], tv["batch_stats"], batch["x_t"], train=False)[0]
+
+    def written_out(p, detach):
+        z, _ = student.encode(p["encoder"], sv["batch_stats"], batch["x_s"], train=True)
+        logp_s = jax.nn.log_softmax(student.classify(p["head"], z))[jnp.arange(y.shape[0]), y]
+        z_la = jax.lax.stop_gradient(z) if detach else z
+        logp_s_la = jax.nn.log_softmax(student.classify(p["head"], z_la))[jnp.arange(y.shape[0]), y]
+        logp_t = jax.nn.log_softmax(teacher.classify(tv["params"]["head"], z_la))[jnp.arange(y.shape[0]), y]
+        la = jnp.mean(-logp_s_la + jax.lax.stop_gradient(jnp.exp(logp_t)) * logp_t)
+        return -jnp.mean(logp_s) + 0.3 * feature_alignment(z, z_t, cfg.fa) + 0.7 * la
+
+    ref = jax.grad(written_out)(sv["params"], False)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+    old = jax.grad(written_out)(sv["params"], True)["encoder"]
+    gap = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(old)))
+    scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(grads["encoder"]))
+    assert gap > 1e-3 * scale

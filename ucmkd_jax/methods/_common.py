@@ -105,12 +105,32 @@ def per_sample_maps(model: Model, maps: Sequence[jax.Array], n: int) -> list:
     return out
 
 
+def _align_corners_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights with the corners aligned: output i samples the
+    input at i * (n_in - 1) / (n_out - 1) (PyTorch's ``align_corners=True``)."""
+    w = np.zeros((n_out, n_in), np.float64)
+    if n_in == 1 or n_out == 1:
+        w[:, 0] = 1.0
+        return w
+    pos = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
+    frac = pos - lo
+    w[np.arange(n_out), lo] = 1.0 - frac
+    w[np.arange(n_out), lo + 1] += frac
+    return w
+
+
 def resize_hw(x: jax.Array, hw: Tuple[int, int], method: str = "bilinear") -> jax.Array:
     """(n, h, w, c) -> (n, hw[0], hw[1], c); unchanged when the size already matches. As PyTorch's
-    ``F.interpolate``: "bilinear" with align_corners=False and no anti-aliasing; "nearest" takes
-    source index floor(i * in / out) (two gathers with static indices)."""
+    ``F.interpolate``: "bilinear" with align_corners=False and no anti-aliasing;
+    "bilinear_align_corners" with align_corners=True (two small matrix products with static
+    weights); "nearest" takes source index floor(i * in / out) (two gathers with static indices)."""
     if tuple(x.shape[1:3]) == tuple(hw):
         return x
+    if method == "bilinear_align_corners":
+        wh = jnp.asarray(_align_corners_weights(x.shape[1], hw[0]), x.dtype)
+        ww = jnp.asarray(_align_corners_weights(x.shape[2], hw[1]), x.dtype)
+        return jnp.einsum("Hh,nhwc,Ww->nHWc", wh, x, ww)
     if method == "nearest":
         ih = (np.arange(hw[0]) * x.shape[1]) // hw[0]
         iw = (np.arange(hw[1]) * x.shape[2]) // hw[1]

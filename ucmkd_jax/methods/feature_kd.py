@@ -1,5 +1,11 @@
 """Joint (single-level) baselines: ``feature_kd`` = CE + lambda_1 FA and ``sumall`` =
-CE + lambda_1 FA + lambda_2 LA (Table 6, "Both (w/o bilevel)"), one gradient step on the sum."""
+CE + lambda_1 FA + lambda_2 LA (Table 6, "Both (w/o bilevel)"), one gradient step on the sum.
+
+``sumall`` is the joint loss in full: its LA term is computed on the student features z = phi(x_S)
+themselves, so its gradient reaches the encoder through log p_S(y|z) and through the teacher head's
+log p_T(y|z); only kappa = p_T(y|z) is a constant (Appendix D). The authors' release does the same
+(its ``sumall`` does not detach z). ``MethodConfig.la_grad`` is a setting of the bilevel step only.
+"""
 from __future__ import annotations
 
 import jax
@@ -28,10 +34,8 @@ def _build_joint(student: Model, teacher: Model, config: MethodConfig, with_la: 
             loss = ce + config.lambda_fa * fa
             metrics = {"ce": ce, "fa": fa}
             if with_la:
-                # la_grad="head": the LA term sees detached features (authors' code).
-                z_la = jax.lax.stop_gradient(z) if config.la_grad == "head" else z
-                t_logits = teacher.classify(t_head, z_la)
-                la = label_alignment(student.classify(p["head"], z_la), t_logits, y)
+                t_logits = teacher.classify(t_head, z)
+                la = label_alignment(logits, t_logits, y)
                 loss = loss + config.lambda_la * la
                 metrics.update(la=la, kappa=label_transport_kernel(t_logits, y).mean())
             return loss, (stats, metrics)

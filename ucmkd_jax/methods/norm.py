@@ -5,8 +5,8 @@ A linear feature expansion E (the expansion half of the paper's Feature Transfor
 the student's pooled feature z_S (d_S) to N * d_T values, read as N consecutive segments of the
 teacher's width, and EVERY segment is matched to the same teacher feature z_T:
 
-    L_NORM = (1 / N) sum_{i=1..N} mean_{b, k} (E(z_S)_{b, i, k} - z_T,b,k)^2
-           = MSE(E(z_S), [z_T, z_T, ..., z_T])            (z_T repeated N times)
+    L_NORM = sum_{i=1..N} mean_{b, k} (E(z_S)_{b, i, k} - z_T,b,k)^2
+           = N * MSE(E(z_S), [z_T, z_T, ..., z_T])        (z_T repeated N times)
     L = CE(z_S, y) + weight * L_NORM
 
 Defaults: N = 4 (the paper's default), weight 1, CE weight 1, E without bias and
@@ -15,8 +15,8 @@ optimiser as in the paper (``own_optimizer = True`` gives it Adam lr 1e-3, weigh
 the authors' UCMKD release does). Simplification, as the issue specifies: the expansion acts on
 the pooled feature z (a 1x1 convolution on the last map followed by average pooling is the same
 linear map) and the classifier keeps reading z (the paper's contraction half, folded back into
-the student after training, is omitted). The UCMKD release sums the N segment losses (its loss
-is N times this one): ``weight = 4`` reproduces it.
+the student after training, is omitted). The segment losses are SUMMED, as in the official NORM
+code and the UCMKD release (an earlier version of this module averaged them: 1/N of the loss).
 
 Unpaired adaptation (Table 11): this method is NOT registered ``needs_paired``. With
 ``--pairing unpaired`` the same loss is applied to an independently drawn teacher batch: E(z_S)
@@ -52,12 +52,13 @@ class NORMConfig:
 
 
 def n_to_one_matching(expanded, teacher_features_, n: int):
-    """L_NORM. expanded (b, n * d_T), teacher_features_ (b, d_T) (no gradient). Returns a scalar."""
+    """L_NORM = sum over the n segments of each segment's mean squared error to the teacher feature.
+    expanded (b, n * d_T), teacher_features_ (b, d_T) (no gradient). Returns a scalar."""
     b, d = teacher_features_.shape
     if expanded.shape != (b, n * d):
         raise ValueError(f"expanded features have shape {expanded.shape}, expected ({b}, {n} * {d})")
     seg = at_least_f32(expanded).reshape(b, n, d)
-    return jnp.mean((seg - jax.lax.stop_gradient(at_least_f32(teacher_features_))[:, None, :]) ** 2)
+    return n * jnp.mean((seg - jax.lax.stop_gradient(at_least_f32(teacher_features_))[:, None, :]) ** 2)
 
 
 def _expansion(teacher: Model, opts: NORMConfig) -> nn.Dense:
