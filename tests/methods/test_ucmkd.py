@@ -152,3 +152,83 @@ def test_unrolled_modes_agree_and_are_finite_on_conv_models():
         out[hvp] = leaves
     for a, b in zip(out["forward_over_reverse"], out["reverse_over_reverse"]):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def test_carried_inner_state_is_torch_adamw(problem):
+    """inner_state="per_outer_step", eps_root 0: the n1 FA steps are torch.optim.AdamW steps
+    sharing one state (torch run here on the FA gradients of each iterate), and the first-order
+    gradient is grad CE at the result. A fresh state per step gives another answer."""
+    import torch  # the bench extra (CI installs it)
+    teacher, student, tv, sv, batch = problem
+    base = MethodConfig(inner_opt="adamw", inner_lr=0.05, inner_weight_decay=0.05, inner_eps_root=0.0, n1=3,
+                        fa=FA)
+    carried = dataclasses.replace(base, inner_state="per_outer_step")
+    with jax.enable_x64(True):
+        g_carried, _, _ = jax.jit(build_ucmkd(student, teacher, carried, n2=0))(
+            sv["params"], sv["batch_stats"], tv, batch, LR)
+        g_fresh, _, _ = jax.jit(build_ucmkd(student, teacher, base, n2=0))(
+            sv["params"], sv["batch_stats"], tv, batch, LR)
+        enc, head, bs = sv["params"]["encoder"], sv["params"]["head"], sv["batch_stats"]
+        enc_z = lambda e: student.encode(e, bs, batch["x_s"], train=True)[0]  # noqa: E731
+        z_t = teacher.encode(tv["params"]["encoder"], tv["batch_stats"], batch["x_t"], train=False)[0]
+        leaves, treedef = jax.tree.flatten(enc)
+        params = [torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True) for a in leaves]
+        opt = torch.optim.AdamW(params, lr=0.05, weight_decay=0.05, eps=1e-8)
+        fa_grad = jax.jit(jax.grad(lambda e: feature_alignment(enc_z(e), z_t, FA)))
+        for _ in range(3):
+            g = jax.tree.leaves(fa_grad(jax.tree.unflatten(treedef, [jnp.asarray(p.detach().numpy()) for p in params])))
+            for p, gg in zip(params, g):
+                p.grad = torch.from_numpy(np.asarray(gg).copy())
+            opt.step()
+        adapted = jax.tree.unflatten(treedef, [jnp.asarray(p.detach().numpy()) for p in params])
+        ce = lambda e, h: cross_entropy(student.classify(h, enc_z(e)), batch["y_s"])  # noqa: E731
+        ref = jax.grad(ce, argnums=(0, 1))(adapted, head)
+    for a, b in zip(jax.tree.leaves((g_carried["encoder"], g_carried["head"])), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(g_fresh), jax.tree.leaves(g_carried)))
+    assert gap > 1e-4
+
+
+def test_unweighted_inner_losses_ignore_lambda(problem):
+    teacher, student, tv, sv, batch = problem
+    cfg = dataclasses.replace(CASES["sgd_head"], fa=FA)
+    run = lambda c: _grads(problem, c)[0]  # noqa: E731
+    with jax.enable_x64(True):
+        plain = run(cfg)
+        unweighted = run(dataclasses.replace(cfg, lambda_fa=0.3, lambda_la=2.0, weight_inner_losses=False))
+        weighted = run(dataclasses.replace(cfg, lambda_fa=0.3, lambda_la=2.0))
+    for a, b in zip(jax.tree.leaves(unweighted), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(jax.tree.leaves(weighted), jax.tree.leaves(plain))) > 1e-6
+
+
+def test_separate_la_and_outer_forwards_update_batchnorm_once_more(tiny_pair):
+    """share_la_forward=False (the release) runs the LA and the outer forward apart: the same
+    gradient (train-mode BatchNorm normalises with the batch), one more running-average update
+    with the adapted encoder's batch moments m': r_sep = mu r_shared + (1 - mu) m', where
+    r_shared = mu r_1 + (1 - mu) m' and r_1 is the FA forward's update (mu = 0.9)."""
+    from ucmkd_jax.methods import get_method
+    teacher, student, tv, sv, batch = tiny_pair
+    runs = {}
+    for share in (True, False):
+        cfg = MethodConfig(share_la_forward=share, inner_lr=1e-2)
+        runs[share] = get_method("ucmkd").build(student, teacher, cfg)(sv["params"], sv["batch_stats"], tv, batch,
+                                                                        1e-2)
+    for a, b in zip(jax.tree.leaves(runs[True][0]), jax.tree.leaves(runs[False][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    r1 = student.encode(sv["params"]["encoder"], sv["batch_stats"], batch["x_s"], train=True)[1]
+    mu = 0.9
+    for r_sh, r_sep, r_1 in zip(jax.tree.leaves(runs[True][1]), jax.tree.leaves(runs[False][1]), jax.tree.leaves(r1)):
+        np.testing.assert_allclose(np.asarray(r_sep), (1 + mu) * np.asarray(r_sh) - mu * np.asarray(r_1),
+                                   rtol=1e-4, atol=1e-6)
+    assert get_method("ucmkd").bn_updates(MethodConfig(share_la_forward=False)) == 3
+    assert get_method("ucmkd").bn_updates(MethodConfig()) == 2
+
+
+def test_unrolled_through_adamw_needs_eps_root():
+    from ucmkd_jax.overrides import ConfigError
+    with pytest.raises(ConfigError, match="inner_eps_root > 0"):
+        MethodConfig(hypergrad="unrolled", inner_eps_root=0.0)
+    MethodConfig(hypergrad="first_order", inner_eps_root=0.0)

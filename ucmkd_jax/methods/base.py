@@ -21,7 +21,7 @@ from flax import struct
 
 from ucmkd_jax.losses.feature_alignment import FAConfig
 from ucmkd_jax.models.model import Model
-from ucmkd_jax.overrides import bounded, validate
+from ucmkd_jax.overrides import ConfigError, bounded, validate
 from ucmkd_jax.registry import Registry
 
 __all__ = ["TrainState", "MethodConfig", "MethodSpec", "register", "get_method", "METHODS",
@@ -54,8 +54,20 @@ class MethodConfig:
         the outer cotangent: a Hessian-vector product) or "reverse_over_reverse" (``jax.grad``
         through the whole unrolled loss). The same number; ignored for "first_order".
       inner_opt: "adamw" (authors' code, lr ``inner_lr``, wd ``inner_weight_decay``, ``inner_eps_root``
-        under the square root: > 0 to differentiate through it) or "sgd" (Algorithm 1: the current
-        outer learning rate).
+        under the square root: > 0 to differentiate through it; 0 is PyTorch's AdamW, eps 1e-8
+        added to sqrt(v) only) or "sgd" (Algorithm 1: the current outer learning rate).
+      inner_state: "per_step" (a fresh optimiser state for every inner step) or "per_outer_step"
+        (the release: one optimiser per outer step, shared by the n1 FA and n2 LA steps; as in
+        PyTorch, a parameter's moments and step count advance only in steps that give it a
+        gradient, so the encoder's and the head's states are kept apart). The two agree when
+        n1 <= 1, n2 <= 1 and la_grad="head".
+      weight_inner_losses: multiply the inner FA and LA losses by lambda_fa, lambda_la (Algorithm
+        1); False: the release's bilevel step, whose inner losses carry no weight (then lambda
+        has no effect on ucmkd and its ablations).
+      share_la_forward: with la_grad="head", compute phi'(x_S) once for the LA steps and the outer
+        loss (one train-mode forward, one BatchNorm update, fewer FLOPs); False: one forward per
+        LA step and one for the outer loss, as the release (three BatchNorm updates a step at
+        n1 = n2 = 1).
       la_grad: "head" (authors' code: the LA step moves only p') or "full" (Algorithm 1 line 11:
         it moves phi' too).
       fa: the OT solve (cost, epsilon, iterations).
@@ -72,6 +84,9 @@ class MethodConfig:
     inner_lr: float = bounded(1e-5, gt=0.0)
     inner_weight_decay: float = bounded(0.05, ge=0.0)
     inner_eps_root: float = bounded(1e-8, ge=0.0)
+    inner_state: Literal["per_step", "per_outer_step"] = "per_step"
+    weight_inner_losses: bool = True
+    share_la_forward: bool = True
     la_grad: Literal["head", "full"] = "head"
     fa: FAConfig = FAConfig()
     kd_temperature: float = bounded(4.0, gt=0.0)
@@ -79,6 +94,9 @@ class MethodConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.hypergrad == "unrolled" and self.inner_opt == "adamw" and self.inner_eps_root == 0:
+            raise ConfigError("the unrolled hypergradient differentiates through AdamW's sqrt(v), which needs "
+                              "method.inner_eps_root > 0 (e.g. 1e-8; --protocol authors sets 0, PyTorch's AdamW)")
 
 
 GradsFn = Callable[..., Any]

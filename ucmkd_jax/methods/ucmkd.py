@@ -24,8 +24,11 @@ update is computed from ``stop_gradient`` inputs, so d(phi')/d(phi) = I and no s
 work is traced at all. Both are the same function below.
 
 BatchNorm running statistics are threaded through the adapted model's forward passes. With
-``la_grad="head"`` the LA step does not move phi', so the features phi'(x_S) are computed once
-and shared by the LA step and the outer loss (the authors' code runs that forward twice).
+``la_grad="head"`` the LA step does not move phi', so by default the features phi'(x_S) are
+computed once and shared by the LA step and the outer loss; ``share_la_forward=False`` runs the
+two forwards as the authors' code does (one more BatchNorm update a step). The inner optimiser
+state is fresh per inner step or carried through the outer step (``inner_state``), and the inner
+losses are weighted by lambda or not (``weight_inner_losses``): see ``MethodConfig``.
 """
 from __future__ import annotations
 
@@ -47,9 +50,9 @@ __all__ = ["build_ucmkd", "ucmkd_outer_loss", "unrolled_hypergradient_fwd_rev"]
 
 
 class _Parts(NamedTuple):
-    fa_loss: Callable  # (enc, stats) -> (lambda_1 FA, (new stats, FA))
-    inner_step: Callable  # (tree, grads) -> updates of one fresh inner optimiser step
-    la_and_outer: Callable  # (enc, head, stats) -> (outer CE, (new stats, metrics))
+    fa_loss: Callable  # (enc, stats) -> (weighted FA, (new stats, FA))
+    inner_step: Callable  # (tree, grads, state | None) -> (updates, state) of the inner optimiser
+    la_and_outer: Callable  # (enc, head, stats, enc_state) -> (outer CE, (new stats, metrics))
 
 
 def _parts(student: Model, teacher: Model, config: MethodConfig, *, teacher_variables, batch, lr,
@@ -61,12 +64,19 @@ def _parts(student: Model, teacher: Model, config: MethodConfig, *, teacher_vari
     if not first_order:  # OTT's implicit/Danskin gradient is wrong under a second derivative
         fa_cfg = dataclasses.replace(fa_cfg, differentiation="unroll")
     inner_lr = config.inner_lr if config.inner_opt == "adamw" else lr
+    lambda_fa = config.lambda_fa if config.weight_inner_losses else 1.0
+    lambda_la = config.lambda_la if config.weight_inner_losses else 1.0
+    fresh = config.inner_state == "per_step"
 
-    def inner_step(tree, grads):
-        # A fresh optimiser state each inner step (authors' code).
+    def inner_step(tree, grads, state=None):
+        # One optimiser state per parameter group (encoder, head): a fresh one every step, or the
+        # one carried through the outer step (the release's single torch AdamW, whose per-parameter
+        # state only advances for parameters that received a gradient).
         tx = inner_optimizer(config.inner_opt, inner_lr, config.inner_weight_decay, config.inner_eps_root)
-        updates, _ = tx.update(grads, tx.init(tree), tree)
-        return updates
+        if fresh or state is None:
+            state = tx.init(tree)
+        updates, state = tx.update(grads, state, tree)
+        return updates, (None if fresh else state)
 
     x_s, y = batch["x_s"], batch["y_s"]
     z_t = teacher_features(teacher, teacher_variables, batch["x_t"])
@@ -75,24 +85,26 @@ def _parts(student: Model, teacher: Model, config: MethodConfig, *, teacher_vari
     def fa_loss(e, stats):
         z, new_stats = student.encode(e, stats, x_s, train=True)
         fa = feature_alignment(z, z_t, fa_cfg)
-        return config.lambda_fa * fa, (new_stats, fa)
+        return lambda_fa * fa, (new_stats, fa)
 
-    def la_and_outer(enc, head, stats):
+    def la_and_outer(enc, head, stats, enc_state=None):
         # Stage 2: label alignment on p' (and phi' with la_grad="full"), then the outer CE.
         metrics = {}
         z = None
+        head_state = None
         for _ in range(n2):
             if config.la_grad == "head":
-                if z is None:
+                if z is None or not config.share_la_forward:
                     z, stats = student.encode(enc, stats, x_s, train=True)
 
                 def la_loss(h, zz):
                     t_logits = teacher.classify(t_head, zz)
                     la = label_alignment(student.classify(h, zz), t_logits, y)
-                    return config.lambda_la * la, (la, label_transport_kernel(t_logits, y).mean())
+                    return lambda_la * la, (la, label_transport_kernel(t_logits, y).mean())
 
                 (_, (la, kappa)), g = jax.value_and_grad(la_loss, has_aux=True)(sg(head), sg(z))
-                head = optax.apply_updates(head, inner_step(sg(head), g))
+                updates, head_state = inner_step(sg(head), g, head_state)
+                head = optax.apply_updates(head, updates)
             else:
                 kappa = None
                 if not first_order:
@@ -105,14 +117,17 @@ def _parts(student: Model, teacher: Model, config: MethodConfig, *, teacher_vari
                     zz, new_stats = student.encode(eh[0], stats, x_s, train=True)
                     t_logits = teacher.classify(t_head, zz)
                     la = label_alignment(student.classify(eh[1], zz), t_logits, y, kappa)
-                    return config.lambda_la * la, (new_stats, la, label_transport_kernel(t_logits, y).mean())
+                    return lambda_la * la, (new_stats, la, label_transport_kernel(t_logits, y).mean())
 
                 (_, (stats, la, kappa)), g = jax.value_and_grad(la_loss_full, has_aux=True)(sg((enc, head)))
-                enc, head = optax.apply_updates((enc, head), inner_step(sg((enc, head)), g))
+                enc_updates, enc_state = inner_step(sg(enc), g[0], enc_state)
+                head_updates, head_state = inner_step(sg(head), g[1], head_state)
+                enc = optax.apply_updates(enc, enc_updates)
+                head = optax.apply_updates(head, head_updates)
             metrics.update(la=la, kappa=kappa)
 
         # Outer loss at the adapted parameters.
-        if z is None:
+        if z is None or not config.share_la_forward or config.la_grad == "full":
             z, stats = student.encode(enc, stats, x_s, train=True)
         ce = cross_entropy(student.classify(head, z), y)
         return ce, (stats, dict(metrics, ce=ce))
@@ -132,12 +147,14 @@ def ucmkd_outer_loss(student: Model, teacher: Model, config: MethodConfig, *, pa
     sg = jax.lax.stop_gradient if config.hypergrad == "first_order" else (lambda t: t)
     enc, stats = params["encoder"], batch_stats
     fa_metrics = {}
+    enc_state = None
     # Stage 1: feature alignment on phi'.
     for _ in range(n1):
         (_, (stats, fa)), g = jax.value_and_grad(parts.fa_loss, has_aux=True)(sg(enc), stats)
-        enc = optax.apply_updates(enc, parts.inner_step(sg(enc), g))
+        updates, enc_state = parts.inner_step(sg(enc), g, enc_state)
+        enc = optax.apply_updates(enc, updates)
         fa_metrics["fa"] = fa
-    ce, (stats, metrics) = parts.la_and_outer(enc, params["head"], stats)
+    ce, (stats, metrics) = parts.la_and_outer(enc, params["head"], stats, enc_state)
     return ce, (stats, dict(fa_metrics, **metrics))
 
 
@@ -166,7 +183,8 @@ def unrolled_hypergradient_fwd_rev(student: Model, teacher: Model, config: Metho
             return g, aux
 
         g, hvp, (stats, fa) = jax.linearize(fa_grad, enc, has_aux=True)
-        updates, update_vjp = jax.vjp(lambda gg, ee: parts.inner_step(ee, gg), g, enc)
+        # a fresh inner state every step (build_ucmkd refuses a carried one on this path)
+        updates, update_vjp = jax.vjp(lambda gg, ee: parts.inner_step(ee, gg)[0], g, enc)
         tape.append((hvp, update_vjp))
         enc = optax.apply_updates(enc, updates)
 
@@ -187,6 +205,11 @@ def build_ucmkd(student: Model, teacher: Model, config: MethodConfig, n1: int | 
     n1 = config.n1 if n1 is None else n1
     n2 = config.n2 if n2 is None else n2
     fwd_rev = config.hypergrad == "unrolled" and config.hvp == "forward_over_reverse"
+    if fwd_rev and config.inner_state == "per_outer_step" and (n1 > 1 or config.la_grad == "full"):
+        # the tape differentiates each FA update with a fresh optimiser state; a carried state
+        # (n1 > 1, or an encoder LA step after FA) depends on phi through earlier gradients
+        raise ValueError("inner_state='per_outer_step' with n1 > 1 or la_grad='full' needs "
+                         "hvp='reverse_over_reverse' for the unrolled hypergradient")
 
     def grads_fn(params, batch_stats, teacher_variables, batch, lr):
         kw = dict(batch_stats=batch_stats, teacher_variables=teacher_variables, batch=batch, lr=lr, n1=n1, n2=n2)
@@ -203,9 +226,11 @@ def build_ucmkd(student: Model, teacher: Model, config: MethodConfig, n1: int | 
 
 def bn_updates(config: MethodConfig, n1: int, n2: int) -> int:
     """Train-mode student forwards that update the BatchNorm running averages in one step: one
-    per FA step, then one shared by the LA steps and the outer loss with ``la_grad="head"``, or
-    one per LA step plus the outer one with ``la_grad="full"``."""
-    return n1 + (n2 + 1 if config.la_grad == "full" else 1)
+    per FA step, then one shared by the LA steps and the outer loss with ``la_grad="head"`` and
+    ``share_la_forward``, else one per LA step plus the outer one."""
+    if config.la_grad == "head" and config.share_la_forward:
+        return n1 + 1
+    return n1 + n2 + 1
 
 
 @register("ucmkd", uses_teacher=True, summary="bilevel: inner FA then LA, outer CE (Algorithm 1)",
