@@ -10,7 +10,8 @@
         --student-init S.safetensors                                                    # Table 8 (ViTs)
 
 Configuration: the preset of --dataset (ucmkd_jax/config.py, the paper's Table 12), then the
-recipe of --preset if given (ucmkd_jax/recipes.py: the ViT tables 8 and 10), then the
+recipe of --preset if given (ucmkd_jax/recipes.py: the ViT tables 8 and 10), then --protocol
+(ucmkd_jax/fidelity.py, docs/protocol.md: clean or authors), then the
 short flags below (each an alias of one config field), then every --set PATH=VALUE in order.
 Values are typed and checked by the config itself; --list-config prints every PATH, its type and
 its resolved value.
@@ -48,6 +49,7 @@ from ucmkd_jax.experiment import build_models, check_run, expand_directions, run
 from ucmkd_jax.models import describe_model  # noqa: E402
 from ucmkd_jax.overrides import ConfigError, choices_of, describe_fields, set_field  # noqa: E402
 from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
+from ucmkd_jax.fidelity import PROTOCOLS, apply_protocol  # noqa: E402
 from ucmkd_jax.recipes import RECIPES, apply_recipe  # noqa: E402
 
 # Short flags: each is an alias of one config field (type and choices come from the field).
@@ -105,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = ExperimentConfig()
     p.add_argument("--dataset", default="synthetic", choices=choices_of(default, "dataset"))
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="clean (default): this project's corrected protocol; authors: the official release's "
+                        "computations (docs/protocol.md); applied after the dataset preset and --preset, before "
+                        "the short flags and --set, so that those mix the two")
     p.add_argument("--preset", default=None, choices=sorted(RECIPES),
                    help="a recipe laid over the dataset's preset (ucmkd_jax/recipes.py): vit_b_to_s (Table 8), "
                         "vit_l_to_s (Table 10), vit_tiny (the ViT path on a CPU)")
@@ -145,6 +151,8 @@ def resolve_config(args) -> ExperimentConfig:
     cfg = get_preset(args.dataset)
     if args.preset:
         cfg = apply_recipe(cfg, args.preset)
+    if args.protocol:
+        cfg = apply_protocol(cfg, args.protocol)
     for path, _ in ALIASES.values():
         value = getattr(args, path)
         if value is not None:
@@ -153,6 +161,9 @@ def resolve_config(args) -> ExperimentConfig:
         if "=" not in item:
             raise ConfigError(f"--set expects PATH=VALUE, got {item!r} (e.g. method.fa.epsilon=0.05)")
         path, value = item.split("=", 1)
+        if path.strip() == "protocol":  # the label alone would not change a thing: apply the preset
+            cfg = apply_protocol(cfg, value.strip())
+            continue
         cfg = set_field(cfg, path.strip(), value.strip())
     return cfg
 
@@ -253,7 +264,7 @@ def _run(cfg, cfg_dict, args, out, dataset, models):
     directions = expand_directions(cfg.direction)
     wanted = [r for r in records if r["method"] in cfg.methods and r["direction"] in directions
               and cfg.first_seed <= r["seed"] < cfg.first_seed + cfg.seeds]
-    table = summarize(wanted)
+    table = summarize(wanted, cfg.std_ddof)
     header = (f"# {cfg.dataset}: {', '.join(cfg.methods)} (regime {cfg.unpaired}, subsample {cfg.subsample:g}, "
               f"hypergrad={cfg.method.hypergrad}, cost={cfg.method.fa.cost}, {cfg.train.epochs} epochs, "
               f"{cfg.seeds} seed(s))\n\n"

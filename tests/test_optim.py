@@ -29,3 +29,24 @@ def test_inner_sgd_is_a_plain_step_and_adamw_first_step_is_sign_like():
     assert jnp.allclose(upd["w"], -1e-3 * jnp.sign(g["w"]), rtol=1e-3)
     with pytest.raises(ValueError, match="unknown inner optimiser"):
         inner_optimizer("lbfgs", 1.0)
+
+
+def test_epoch_schedule_is_torch_linearlr_then_cosine():
+    """schedule_unit="epoch" against torch's LinearLR + CosineAnnealingLR (SequentialLR), stepped
+    once per epoch as the release does; constant within an epoch, exactly init_lr in the first."""
+    import torch  # the bench extra (CI installs it)
+    cfg = OptimConfig(lr=1e-2, init_lr=1e-5, end_lr=1e-5, warmup_epochs=5, schedule_unit="epoch")
+    epochs, spe = 20, 3
+    sched = learning_rate_schedule(cfg, spe, epochs)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1e-2, momentum=0.9)
+    torch_sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1e-5 / 1e-2, total_iters=5),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs - 5, eta_min=1e-5)], milestones=[5])
+    for e in range(epochs):
+        want = opt.param_groups[0]["lr"]
+        for i in range(spe):
+            assert float(sched(e * spe + i)) == pytest.approx(want, rel=1e-5, abs=1e-9), (e, i)
+        opt.step()
+        torch_sched.step()
+    assert float(sched(0)) == float(jnp.float32(1e-5))  # not 9.99961e-6 as per-step warm-up gives

@@ -71,7 +71,8 @@ class ModelConfig:
       ``ops.AUTO``; "conv" / "reduce_window" / "conv": the plain ops).
     dtype: compute dtype (parameters stay float32).
     latent_dim: the latent size both sides share (None: the encoders' own, 8 * width for
-      ResNet-18); a side whose encoder ends elsewhere gets a projection (``projection``).
+      ResNet-18, or the teacher's where the two differ); a side whose encoder ends elsewhere
+      gets a projection (``projection``).
     mlp_depth: layers of the MLP encoder of vectors.
     projection: "linear", or "linear_bn_relu" (the authors' ViT release: ViT-S's CLS token to
       the teacher's width by Linear -> BatchNorm1d -> ReLU).
@@ -127,7 +128,11 @@ class TrainConfig:
     every evaluation, recompute the BatchNorm statistics over this many training batches
     (``ucmkd_jax.precise_bn``; capped at one epoch's; 0: evaluate with the running averages).
     20 batches (1280 samples at batch 64) put the standard error of a channel's mean below 3 %
-    of its standard deviation, for a forward-only pass over at most a fifth of a CREMA-D epoch."""
+    of its standard deviation, for a forward-only pass over at most a fifth of a CREMA-D epoch.
+    model_selection: the split a student's best epoch is chosen on: "val" (carved from train)
+    or "test" (the release, which passes its test loader as validation: the reported test
+    accuracy is then the best over epochs, an optimistic figure; results.md says so);
+    selection_ties: which epoch wins a tie in accuracy, "earlier" or "later" (the release: >=)."""
 
     epochs: int = bounded(100, ge=1, why="0 epochs would report an untrained student")
     teacher_epochs: int = bounded(100, ge=0)
@@ -137,6 +142,8 @@ class TrainConfig:
     data_parallel: bool = True
     allow_untrained_teacher: bool = False
     precise_bn: int = bounded(20, ge=0, why="training batches; 0 turns precise BatchNorm off")
+    model_selection: Literal["val", "test"] = "val"
+    selection_ties: Literal["earlier", "later"] = "earlier"
 
     def __post_init__(self):
         validate(self)
@@ -162,7 +169,12 @@ class ExperimentConfig:
     streaming: real datasets only: train batches stream from the shards (``data.pipeline``: fresh
       random frames and flips every epoch, as the protocol) instead of arrays loaded once.
     image_size: video crop side (224 in the protocol).
-    Model selection always uses the validation split; test is reported apart.
+    protocol: the preset of fidelity settings laid over the dataset's (``ucmkd_jax.fidelity``):
+      "clean" (this project's corrected protocol) or "authors" (the official release's
+      computations); set by ``--protocol`` / ``fidelity.apply_protocol``, which also set each
+      field the protocol decides; fields set after it mix the two.
+    std_ddof: the delta degrees of freedom of the std over seeds in results tables (1: the
+      sample std; 0: numpy's default, the release's).
     """
 
     dataset: str = choice_field("synthetic", _datasets)
@@ -180,6 +192,8 @@ class ExperimentConfig:
     regime_imbalance: float = bounded(10.0, ge=1.0)
     streaming: bool = False
     image_size: int = bounded(224, ge=1)
+    protocol: Literal["clean", "authors"] = "clean"
+    std_ddof: int = bounded(1, ge=0, le=1)
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()

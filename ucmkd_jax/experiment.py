@@ -19,7 +19,7 @@ from ucmkd_jax.config import ExperimentConfig, ModelConfig
 from ucmkd_jax.data import CrossModalDataset, ModalityData, load_dataset, roles
 from ucmkd_jax.data.base import DIRECTIONS, Split
 from ucmkd_jax.data.regimes import protocol_indices
-from ucmkd_jax.methods.base import get_method
+from ucmkd_jax.methods.base import check_bilevel_config, get_method
 from ucmkd_jax.models import BACKBONES, Model, build_model, default_backbone
 from ucmkd_jax.models.pretrained import trunk_from_file
 from ucmkd_jax.parallel import data_mesh
@@ -39,24 +39,30 @@ def build_models(cfg: ExperimentConfig, teacher_data: Optional[ModalityData], st
     """(teacher, student) ``Model``s of ``cfg.model`` for the two modalities (teacher None
     without teacher data). A side's backbone is ``model.teacher_backbone`` /
     ``model.student_backbone``, "auto" meaning ``model.backbone`` (an MLP for vectors); both
-    end at ``model.latent_dim`` (None: the encoders' own, which must then agree), through
-    ``model.projection``; a backbone's own options (a ViT's ``vit_*`` fields) come from
-    ``cfg.model`` too (``backbone_options``)."""
+    end at ``model.latent_dim`` (None: the encoders' own; where the two differ, e.g. a ViT-B
+    teacher (768) and a ViT-S student (384), the student is projected to the teacher's width, as
+    the authors' ViT release does), through ``model.projection``; a backbone's own options (a
+    ViT's ``vit_*`` fields) come from ``cfg.model`` too (``backbone_options``)."""
     m = cfg.model
     # The exact hypergradient differentiates the student's forward twice: cuDNN's fused attention
     # has no second derivative, so that student takes XLA's attention.
     twice = cfg.method.hypergrad == "unrolled" and any(name.startswith("ucmkd") for name in cfg.methods)
 
-    def one(data, backbone, name):
+    def one(data, backbone, name, latent_dim):
         if data is None:
             return None
         backbone = default_backbone(data.modality, m.backbone) if backbone == "auto" else backbone
         return build_model(data.modality, data.sample_shape, num_classes, backbone, width=m.width, stem=m.stem,
-                           dtype=m.dtype, latent_dim=m.latent_dim, mlp_depth=m.mlp_depth, name=name,
+                           dtype=m.dtype, latent_dim=latent_dim, mlp_depth=m.mlp_depth, name=name,
                            options=backbone_options(m, backbone, data.modality, twice and name == "student"),
                            projection=m.projection, video_frames=m.video_frames)
 
-    return one(teacher_data, m.teacher_backbone, "teacher"), one(student_data, m.student_backbone, "student")
+    teacher = one(teacher_data, m.teacher_backbone, "teacher", m.latent_dim)
+    student = one(student_data, m.student_backbone, "student", m.latent_dim)
+    if m.latent_dim is None and teacher is not None and student is not None \
+            and student.latent_dim != teacher.latent_dim:
+        student = one(student_data, m.student_backbone, "student", teacher.latent_dim)
+    return teacher, student
 
 
 def backbone_options(m: ModelConfig, backbone: str, modality: str, second_order: bool = False) -> dict:
@@ -79,6 +85,8 @@ def check_run(cfg: ExperimentConfig, dataset: CrossModalDataset, models: Optiona
     batch after ``--subsample`` and the regime's pools (in-memory datasets) and, for prebuilt
     ``models`` (teacher, student) of one direction, their fit to the data."""
     uses_teacher = False
+    if any(m.startswith("ucmkd") for m in cfg.methods):
+        check_bilevel_config(cfg.method)
     for m in cfg.methods:
         spec = get_method(m)  # unknown names fail here
         uses_teacher |= spec.uses_teacher
@@ -201,10 +209,19 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
     return runs
 
 
-def summarize(records: List[dict]) -> str:
+TEST_SELECTION_NOTICE = (
+    "**Model selection on the TEST split** (`train.model_selection=test`, as the official release): each "
+    "student's epoch was chosen by its test accuracy, so the test column is the best test accuracy over "
+    "epochs, an optimistic figure; the val column is that same selection accuracy.")
+
+
+def summarize(records: List[dict], ddof: int = 1) -> str:
     """Markdown table: one row per (direction, method); accuracies in %, mean ± std over seeds
-    (sample std, ddof=1)."""
-    lines = ["| direction | method | seeds | student val acc (%) | student test acc (%) | teacher test acc (%) "
+    (std with ``ddof``: 1 the sample std, 0 the release's). A notice heads the table when any
+    record selected its epoch on the test split."""
+    f = lambda vals: format_mean_std(vals, ddof=ddof)  # noqa: E731
+    notice = [TEST_SELECTION_NOTICE, ""] if any(r.get("model_selection") == "test" for r in records) else []
+    lines = notice + ["| direction | method | seeds | student val acc (%) | student test acc (%) | teacher test acc (%) "
              "| wall s / run |", "|---|---|---|---|---|---|---|"]
     keys = []
     for r in records:
@@ -212,8 +229,8 @@ def summarize(records: List[dict]) -> str:
             keys.append((r["direction"], r["method"]))
     for d, m in keys:
         rs = [r for r in records if r["direction"] == d and r["method"] == m]
-        lines.append(f"| {d} | {m} | {len(rs)} | {format_mean_std([r['val_acc'] for r in rs])} | "
-                     f"{format_mean_std([r['test_acc'] for r in rs])} | "
-                     f"{format_mean_std([r['teacher_test_acc'] for r in rs])} | "
+        lines.append(f"| {d} | {m} | {len(rs)} | {f([r['val_acc'] for r in rs])} | "
+                     f"{f([r['test_acc'] for r in rs])} | "
+                     f"{f([r['teacher_test_acc'] for r in rs])} | "
                      f"{np.mean([r['wall_s'] for r in rs]):.1f} |")
     return "\n".join(lines)

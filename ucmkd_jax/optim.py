@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax.numpy as jnp
 import optax
 
 from ucmkd_jax.overrides import bounded, validate
 
-__all__ = ["OptimConfig", "learning_rate_schedule", "outer_optimizer", "inner_optimizer"]
+__all__ = ["OptimConfig", "learning_rate_schedule", "epoch_schedule", "outer_optimizer", "inner_optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,11 @@ class OptimConfig:
     0.999, eps 1e-8, decoupled weight decay lr * wd * p) on the same schedule and clipping;
     ``momentum`` is then unused. With SGD the weight decay is PyTorch's coupled one (wd * p added
     to the gradient).
+
+    schedule_unit: "step" (the learning rate moves every step: a smooth warm-up and cosine) or
+    "epoch" (the release: PyTorch's LinearLR warm-up from ``init_lr`` then CosineAnnealingLR to
+    ``end_lr``, stepped once per epoch, so the rate is constant within an epoch and exactly
+    ``init_lr`` through the first one).
     """
 
     lr: float = bounded(1e-2, gt=0.0)
@@ -32,13 +38,36 @@ class OptimConfig:
     clip_norm: float = bounded(5.0, ge=0.0, why="0 turns clipping off")
     weight_decay: float = bounded(0.0, ge=0.0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule_unit: Literal["step", "epoch"] = "step"
 
     def __post_init__(self):
         validate(self)
 
 
+def epoch_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+    """lr(step) = f(e), e = step // steps_per_epoch, with W = round(warmup_epochs) and
+    T = max(epochs - W, 1):  f(e) = init_lr + (lr - init_lr) e / W for e < W (LinearLR from
+    ``init_lr / lr``), else end_lr + (lr - end_lr) (1 + cos(pi (e - W) / T)) / 2 (the closed
+    form of CosineAnnealingLR, eta_min = end_lr)."""
+    w = int(round(cfg.warmup_epochs))
+    t = max(int(epochs) - w, 1)
+    spe = max(int(steps_per_epoch), 1)
+
+    def schedule(step):
+        e = jnp.asarray(step, jnp.int32) // spe
+        ef = e.astype(jnp.float32)
+        warm = cfg.init_lr + (cfg.lr - cfg.init_lr) * ef / max(w, 1)
+        cos = cfg.end_lr + (cfg.lr - cfg.end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * (ef - w) / t))
+        return jnp.where(e < w, warm, cos)
+
+    return schedule
+
+
 def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-    """lr(step): linear from ``init_lr`` to ``lr`` over the warm-up, then cosine to ``end_lr``."""
+    """lr(step): linear from ``init_lr`` to ``lr`` over the warm-up, then cosine to ``end_lr``,
+    per step, or per epoch with ``schedule_unit="epoch"`` (``epoch_schedule``)."""
+    if cfg.schedule_unit == "epoch":
+        return epoch_schedule(cfg, steps_per_epoch, epochs)
     total = max(int(steps_per_epoch * epochs), 1)
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
     return optax.warmup_cosine_decay_schedule(

@@ -158,8 +158,10 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
             ckpt = RunCheckpointer(path + ".run", {"teacher": teacher.name, "seed": seed, "n_train": len(data.train),
                                                    "model": to_dict(cfg.model), "train": to_dict(cfg.train),
                                                    "optim": to_dict(cfg.optim)})
+        # the student's selection rule is not the teacher's: the teacher keeps its first best epoch
         result = fit(teacher, init, data.train, data.val, method="ce", optim=cfg.optim,
-                     train_config=cfg.train, epochs=cfg.train.teacher_epochs, seed=t_seed,
+                     train_config=dataclasses.replace(cfg.train, selection_ties="earlier"),
+                     epochs=cfg.train.teacher_epochs, seed=t_seed,
                      desc=desc, progress=progress, cache=cache, checkpoint=ckpt, mesh=mesh)
         variables = result.variables
         if path is not None:
@@ -261,8 +263,13 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
         log = EpochLog(os.path.join(run_dir, "logs"), f"{direction}_{method}_seed{seed}")
     start = time.time()
     try:
+        # the release selects on its test loader (train.model_selection="test")
+        select_on = s_data.test if cfg.train.model_selection == "test" else s_data.val
+        if select_on is None:
+            raise ValueError(f"train.model_selection={cfg.train.model_selection!r}, but the student has no "
+                             f"{cfg.train.model_selection} split")
         result = fit(student, initial_variables(student, jax.random.PRNGKey(seed), cfg.model.student_init),
-                     s_data.train, s_data.val, method=method,
+                     s_data.train, select_on, method=method,
                      method_config=cfg.method, optim=cfg.optim, train_config=cfg.train,
                      teacher=data.teacher_model if use_t else None,
                      teacher_variables=data.teacher_variables if use_t else None, teacher_train=t_pool,
@@ -288,6 +295,8 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
         "teacher_pool": len(t_pool) if t_pool is not None else None,
         "bn_updates_per_step": spec.bn_updates(cfg.method),
         "precise_bn": cfg.train.precise_bn,
+        "model_selection": cfg.train.model_selection,
+        "protocol": cfg.protocol,
     }
     if use_t:
         record.update(data.extra)

@@ -158,19 +158,21 @@ def check_resumable(old_cfg: dict, new_cfg: dict, out: str, path: str, what: str
                          f"{diff}); use another --out, or --fresh to discard them")
 
 
-def mean_std(values: Sequence[Optional[float]], scale: float = 100.0) -> Tuple[Optional[float], Optional[float], int]:
-    """(mean, sample std or None for one value, n) of the non-None ``values`` times ``scale``
-    (fractions to %); (None, None, 0) when there are none."""
+def mean_std(values: Sequence[Optional[float]], scale: float = 100.0,
+             ddof: int = 1) -> Tuple[Optional[float], Optional[float], int]:
+    """(mean, std or None for one value, n) of the non-None ``values`` times ``scale`` (fractions
+    to %); the std with ``ddof`` (1: sample std); (None, None, 0) when there are none."""
     vals = scale * np.asarray([v for v in values if v is not None], float)
     if len(vals) == 0:
         return None, None, 0
-    return float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None), len(vals)
+    return float(vals.mean()), (float(vals.std(ddof=ddof)) if len(vals) > 1 else None), len(vals)
 
 
-def format_mean_std(values: Sequence[Optional[float]], *, with_n: bool = False, scale: float = 100.0) -> str:
+def format_mean_std(values: Sequence[Optional[float]], *, with_n: bool = False, scale: float = 100.0,
+                    ddof: int = 1) -> str:
     """"m ± s" (two decimals) of ``mean_std``; one value gives "m ± 0.00", or "m (n=1)" with
     ``with_n`` (which appends "(n=k)" to every cell); "n/a" without values."""
-    m, s, n = mean_std(values, scale)
+    m, s, n = mean_std(values, scale, ddof)
     if n == 0:
         return "n/a"
     if with_n:

@@ -320,7 +320,8 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         precise_s += t_bn
         record.update({f"train_{k}": float(v) / steps for k, v in jax.device_get(sums).items()})
         history.append(record)
-        improved = val_metrics["acc"] > best[0]
+        improved = (val_metrics["acc"] > best[0] or
+                    (train_config.selection_ties == "later" and val_metrics["acc"] >= best[0]))
         if improved:
             best = (val_metrics["acc"], epoch + 1, jax.device_get(current))
         if checkpoint is not None:

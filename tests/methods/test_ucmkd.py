@@ -227,8 +227,10 @@ def test_separate_la_and_outer_forwards_update_batchnorm_once_more(tiny_pair):
     assert get_method("ucmkd").bn_updates(MethodConfig()) == 2
 
 
-def test_unrolled_through_adamw_needs_eps_root():
+def test_unrolled_through_adamw_needs_eps_root(problem):
+    from ucmkd_jax.methods.base import check_bilevel_config
     from ucmkd_jax.overrides import ConfigError
+    teacher, student, *_ = problem
     with pytest.raises(ConfigError, match="inner_eps_root > 0"):
-        MethodConfig(hypergrad="unrolled", inner_eps_root=0.0)
-    MethodConfig(hypergrad="first_order", inner_eps_root=0.0)
+        build_ucmkd(student, teacher, MethodConfig(hypergrad="unrolled", inner_eps_root=0.0))
+    check_bilevel_config(MethodConfig(hypergrad="first_order", inner_eps_root=0.0))

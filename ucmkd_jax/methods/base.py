@@ -25,7 +25,7 @@ from ucmkd_jax.overrides import ConfigError, bounded, validate
 from ucmkd_jax.registry import Registry
 
 __all__ = ["TrainState", "MethodConfig", "MethodSpec", "register", "get_method", "METHODS",
-           "make_train_step", "create_train_state", "check_shared_latent", "teacher_features", "with_extra"]
+           "make_train_step", "create_train_state", "check_shared_latent", "check_bilevel_config", "teacher_features", "with_extra"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -94,9 +94,15 @@ class MethodConfig:
 
     def __post_init__(self):
         validate(self)
-        if self.hypergrad == "unrolled" and self.inner_opt == "adamw" and self.inner_eps_root == 0:
-            raise ConfigError("the unrolled hypergradient differentiates through AdamW's sqrt(v), which needs "
-                              "method.inner_eps_root > 0 (e.g. 1e-8; --protocol authors sets 0, PyTorch's AdamW)")
+
+
+def check_bilevel_config(config: MethodConfig) -> None:
+    """Refuse settings of the bilevel step that cannot be computed together (checked when a step
+    is built and before a run starts, not per field, so that overrides may come in any order)."""
+    if config.hypergrad == "unrolled" and config.inner_opt == "adamw" and config.inner_eps_root == 0:
+        raise ConfigError("the unrolled hypergradient differentiates through AdamW's sqrt(v), which needs "
+                          "method.inner_eps_root > 0 (e.g. --set method.inner_eps_root=1e-8; --protocol authors "
+                          "sets 0, PyTorch's AdamW)")
 
 
 GradsFn = Callable[..., Any]

@@ -42,7 +42,7 @@ import optax
 from ucmkd_jax.losses.classification import cross_entropy
 from ucmkd_jax.losses.feature_alignment import feature_alignment
 from ucmkd_jax.losses.label_alignment import label_alignment, label_transport_kernel
-from ucmkd_jax.methods.base import MethodConfig, check_shared_latent, register, teacher_features
+from ucmkd_jax.methods.base import MethodConfig, check_bilevel_config, check_shared_latent, register, teacher_features
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.optim import inner_optimizer
 
@@ -202,6 +202,7 @@ def build_ucmkd(student: Model, teacher: Model, config: MethodConfig, n1: int | 
                 n2: int | None = None):
     """grads_fn of the UCMKD step; ``n1``/``n2`` override the config (ablations)."""
     check_shared_latent(student, teacher)
+    check_bilevel_config(config)
     n1 = config.n1 if n1 is None else n1
     n2 = config.n2 if n2 is None else n2
     fwd_rev = config.hypergrad == "unrolled" and config.hvp == "forward_over_reverse"
