@@ -1,7 +1,10 @@
-"""Eager PyTorch reference of one training step, done the way the authors' code does it.
+"""Eager PyTorch reference of one training step, modelled on the authors' release.
 
 This is the yardstick of ``step_bench.py --vs-torch``: the same per-step work as the compiled
-JAX step, written as the authors' PyTorch release writes it, so that the speed ratio is honest.
+JAX step, written in the eager style of the authors' PyTorch release, so that the speed ratio is
+honest. It is a timing reference: a test that it computes the release's numbers step for step (on
+identical weights) does not exist yet, so do not read its values as the release's (docs/protocol.md
+lists the rows where the release differs).
 
 * Backbone: a plain ``torch.nn`` ResNet-18 (torchvision's layout: 7x7/2 stem + 3x3/2 max-pool,
   basic blocks, ``width * 2**k`` channels), 1 input channel for audio spectrograms

@@ -56,7 +56,7 @@ Two ways to differentiate the "regularized" solve (``differentiation``):
 * ``"implicit"``: OTT's defaults (implicit differentiation; the reported cost uses the
   Danskin/envelope shortcut; early stop at ``threshold``). Right and cheap for a first-order
   gradient of FA. It is silently WRONG for a gradient taken through an inner step that used it
-  (ALGORITHM.md, "Known traps"), so the unrolled hypergradient never uses it.
+  (docs/protocol.md, "OTT-JAX traps"), so the unrolled hypergradient never uses it.
 * ``"unroll"``: exactly ``num_iterations`` log-domain Sinkhorn iterations of OTT's potential
   updates in a plain ``lax.scan`` (no convergence checks, no implicit differentiation, no
   Danskin): reverse and forward mode go through every iteration, so ``jax.grad`` of ``jax.grad``
