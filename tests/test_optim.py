@@ -50,3 +50,21 @@ def test_epoch_schedule_is_torch_linearlr_then_cosine():
         opt.step()
         torch_sched.step()
     assert float(sched(0)) == float(jnp.float32(1e-5))  # not 9.99961e-6 as per-step warm-up gives
+
+
+def test_clip_with_epsilon_is_torch_clip_grad_norm():
+    import numpy as np
+    import torch  # the bench extra (CI installs it)
+    from ucmkd_jax.optim import clip_by_global_norm_eps
+    rng = np.random.default_rng(0)
+    for scale in (0.1, 10.0):  # below and above the max norm
+        g = [rng.normal(size=(3, 4)) * scale, rng.normal(size=(5,)) * scale]
+        tg = [torch.tensor(a) for a in g]
+        ps = [torch.zeros_like(a, requires_grad=True) for a in tg]
+        for p, a in zip(ps, tg):
+            p.grad = a.clone()
+        torch.nn.utils.clip_grad_norm_(ps, max_norm=5.0)
+        tx = clip_by_global_norm_eps(5.0, 1e-6)
+        out, _ = tx.update([jnp.asarray(a) for a in g], tx.init(None))
+        for a, p in zip(out, ps):
+            np.testing.assert_allclose(np.asarray(a), p.grad.numpy(), rtol=1e-6)

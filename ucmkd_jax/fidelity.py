@@ -17,6 +17,7 @@ Rows of docs/protocol.md this module sets (the rest are marked there as not yet 
   5  method.share_la_forward False (three BatchNorm updates a bilevel step)
   7  train.model_selection "test", train.selection_ties "later"
   9  optim.schedule_unit "epoch"; std_ddof 0
+ 15  optim.clip_epsilon 1e-6 (torch's clip_grad_norm_); the first epoch's lr through row 9
      train.precise_bn 0 (the release evaluates with the running averages)
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("train.model_selection", "val"),
         ("train.selection_ties", "earlier"),
         ("optim.schedule_unit", "step"),
+        ("optim.clip_epsilon", 0.0),
         ("std_ddof", 1),
         ("train.precise_bn", 20),
     ),
@@ -52,6 +54,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("train.model_selection", "test"),
         ("train.selection_ties", "later"),
         ("optim.schedule_unit", "epoch"),
+        ("optim.clip_epsilon", 1e-6),
         ("std_ddof", 0),
         ("train.precise_bn", 0),
     ),

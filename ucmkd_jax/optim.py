@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import optax
 
 from ucmkd_jax.overrides import bounded, validate
 
-__all__ = ["OptimConfig", "learning_rate_schedule", "epoch_schedule", "outer_optimizer", "inner_optimizer"]
+__all__ = ["OptimConfig", "learning_rate_schedule", "epoch_schedule", "clip_by_global_norm_eps", "outer_optimizer", "inner_optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,9 @@ class OptimConfig:
     "epoch" (the release: PyTorch's LinearLR warm-up from ``init_lr`` then CosineAnnealingLR to
     ``end_lr``, stepped once per epoch, so the rate is constant within an epoch and exactly
     ``init_lr`` through the first one).
+
+    clip_epsilon: the gradient is scaled by min(1, clip_norm / (||g|| + clip_epsilon)); 0 is
+    optax's ``clip_by_global_norm``, 1e-6 PyTorch's ``clip_grad_norm_`` (the release).
     """
 
     lr: float = bounded(1e-2, gt=0.0)
@@ -39,6 +43,7 @@ class OptimConfig:
     weight_decay: float = bounded(0.0, ge=0.0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     schedule_unit: Literal["step", "epoch"] = "step"
+    clip_epsilon: float = bounded(0.0, ge=0.0, why="added to the global norm before clipping (torch: 1e-6)")
 
     def __post_init__(self):
         validate(self)
@@ -75,8 +80,23 @@ def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) 
         decay_steps=total, end_value=cfg.end_lr)
 
 
+def clip_by_global_norm_eps(max_norm: float, eps: float) -> optax.GradientTransformation:
+    """g * min(1, max_norm / (||g||_2 + eps)), ||g||_2 over the whole tree: PyTorch's
+    ``clip_grad_norm_`` (eps 1e-6)."""
+
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + eps))
+        return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def outer_optimizer(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts = []
+    if cfg.clip_norm > 0:
+        parts.append(clip_by_global_norm_eps(cfg.clip_norm, cfg.clip_epsilon) if cfg.clip_epsilon > 0
+                     else optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.optimizer == "adamw":
         return optax.chain(*parts, optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.weight_decay))
     if cfg.weight_decay > 0:
