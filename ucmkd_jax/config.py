@@ -78,6 +78,8 @@ class ModelConfig:
       the teacher's width by Linear -> BatchNorm1d -> ReLU).
     video_frames: "per_frame" (each frame encoded, features averaged) or "mean_pixels" (the
       frames averaged in pixel space before one pass: the authors' ViT release).
+    bn_running_var: the BatchNorm running-variance update of a train-mode forward, with the
+      batch's "biased" variance (Flax) or the "unbiased" one (PyTorch, the release).
     vit_depth: blocks of every ViT (None: 12 for S and B, 24 for L; tests shrink it).
     vit_remat: recompute each ViT block in the backward pass (``jax.checkpoint``): less memory.
     vit_attention: "auto" (cuDNN's fused kernel on a GPU in bfloat16, else XLA's), "xla" or
@@ -103,6 +105,7 @@ class ModelConfig:
     mlp_depth: int = bounded(2, ge=1)
     projection: Literal["linear", "linear_bn_relu"] = "linear"
     video_frames: Literal["per_frame", "mean_pixels"] = "per_frame"
+    bn_running_var: Literal["biased", "unbiased"] = "biased"
     vit_depth: Optional[int] = bounded(None, ge=1)
     vit_remat: bool = False
     vit_attention: Literal["auto", "xla", "cudnn"] = "auto"

@@ -55,7 +55,8 @@ def build_models(cfg: ExperimentConfig, teacher_data: Optional[ModalityData], st
         return build_model(data.modality, data.sample_shape, num_classes, backbone, width=m.width, stem=m.stem,
                            dtype=m.dtype, latent_dim=latent_dim, mlp_depth=m.mlp_depth, name=name,
                            options=backbone_options(m, backbone, data.modality, twice and name == "student"),
-                           projection=m.projection, video_frames=m.video_frames)
+                           projection=m.projection, video_frames=m.video_frames,
+                           bn_running_var=m.bn_running_var)
 
     teacher = one(teacher_data, m.teacher_backbone, "teacher", m.latent_dim)
     student = one(student_data, m.student_backbone, "student", m.latent_dim)

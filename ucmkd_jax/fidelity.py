@@ -19,6 +19,7 @@ Rows of docs/protocol.md this module sets (the rest are marked there as not yet 
   9  optim.schedule_unit "epoch"; std_ddof 0
  15  optim.clip_epsilon 1e-6 (torch's clip_grad_norm_); the first epoch's lr through row 9
      train.precise_bn 0 (the release evaluates with the running averages)
+ 14  model.bn_running_var "unbiased" (torch's running-variance update)
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("optim.clip_epsilon", 0.0),
         ("std_ddof", 1),
         ("train.precise_bn", 20),
+        ("model.bn_running_var", "biased"),
     ),
     "authors": (
         ("method.inner_eps_root", 0.0),
@@ -57,6 +59,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("optim.clip_epsilon", 1e-6),
         ("std_ddof", 0),
         ("train.precise_bn", 0),
+        ("model.bn_running_var", "unbiased"),
     ),
 }
 

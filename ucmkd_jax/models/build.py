@@ -106,7 +106,7 @@ def default_backbone(modality: str, image_backbone: str = "resnet18") -> str:
 def build_model(modality: str, input_shape, num_classes: int, backbone: str = "auto", *, width: int = 64,
                 stem: str = "auto", dtype: Any = "float32", latent_dim: Optional[int] = None, mlp_depth: int = 2,
                 name: str = "model", options: Optional[Mapping[str, Any]] = None, projection: str = "linear",
-                video_frames: str = "per_frame") -> Model:
+                video_frames: str = "per_frame", bn_running_var: str = "biased") -> Model:
     """Build the ``Model`` (encoder + linear head) of one modality.
 
     Args:
@@ -132,6 +132,8 @@ def build_model(modality: str, input_shape, num_classes: int, backbone: str = "a
         "linear_bn_relu" (the release's ViT-S head, ``ProjectedEncoder``).
       video_frames: "per_frame" (each frame encoded, z averaged) or "mean_pixels" (the frames
         averaged in pixel space, one pass: the authors' ViT release), ``Model.video_frames``.
+      bn_running_var: "biased" (Flax) or "unbiased" (PyTorch) running-variance updates,
+        ``Model.bn_running_var``.
     Raises:
       ValueError naming the model for an unknown modality or backbone, a backbone that cannot
       encode the modality, a shape of the wrong rank, K < 2 or sizes < 1.
@@ -168,7 +170,7 @@ def build_model(modality: str, input_shape, num_classes: int, backbone: str = "a
     if latent_dim is not None and encoder.out_dim != latent_dim:
         encoder = ProjectedEncoder(encoder, latent_dim, dtype, kind=projection)
     return Model(encoder=encoder, num_classes=int(num_classes), modality=modality, input_shape=input_shape,
-                 name=name, video_frames=video_frames)
+                 name=name, video_frames=video_frames, bn_running_var=bn_running_var)
 
 
 def describe_model(model: Model) -> dict:

@@ -30,6 +30,25 @@ MODALITIES = {
 }
 
 
+def _unbiased_running_var(next_fun, args, kwargs, context):
+    """``nn.intercept_methods`` hook: after a train-mode BatchNorm call, turn Flax's running-variance
+    update r' = m r + (1 - m) v (v the biased batch variance over n positions) into PyTorch's
+    m r + (1 - m) v n / (n - 1) = r' + (r' - m r) / (n - 1)."""
+    module = context.module
+    if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__") or module.is_initializing() \
+            or not module.is_mutable_collection("batch_stats") \
+            or kwargs.get("use_running_average", module.use_running_average):
+        return next_fun(*args, **kwargs)
+    old = module.get_variable("batch_stats", "var")
+    out = next_fun(*args, **kwargs)
+    x = args[0] if args else kwargs["x"]
+    n = x.size // x.shape[module.axis if isinstance(module.axis, int) else -1]
+    if n > 1:
+        new = module.get_variable("batch_stats", "var")
+        module.put_variable("batch_stats", "var", new + (new - module.momentum * old) / (n - 1))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A classifier of one modality, split into encoder and head.
@@ -43,6 +62,10 @@ class Model:
       name: used in error messages ("teacher", "student").
       video_frames: how video is encoded: "per_frame" (above) or "mean_pixels" (the T frames
         averaged in pixel space, then ONE encoder pass: the authors' ViT release, ``x.mean(dim=2)``).
+      bn_running_var: how a train-mode forward updates the encoder's BatchNorm running variance:
+        with the batch's "biased" variance (Flax) or the "unbiased" one, times n / (n - 1) with n
+        the positions per channel (PyTorch, the release). Normalisation in train mode uses the
+        biased one either way, as both libraries do.
     """
 
     encoder: nn.Module
@@ -51,10 +74,13 @@ class Model:
     input_shape: Tuple[int, ...]
     name: str = "model"
     video_frames: str = "per_frame"
+    bn_running_var: str = "biased"
 
     def __post_init__(self):
         if self.video_frames not in VIDEO_FRAMES:
             raise ValueError(f"video_frames must be one of {VIDEO_FRAMES}, got {self.video_frames!r}")
+        if self.bn_running_var not in ("biased", "unbiased"):
+            raise ValueError(f"bn_running_var must be 'biased' or 'unbiased', got {self.bn_running_var!r}")
 
     @property
     def latent_dim(self) -> int:
@@ -118,8 +144,13 @@ class Model:
         n = x.shape[0]
         variables = {"params": encoder_params, "batch_stats": batch_stats}
         if train:
-            out, updates = self.encoder.apply(variables, self._frames(x), train=True,
-                                              return_stages=return_stages, mutable=["batch_stats"])
+            apply = lambda: self.encoder.apply(variables, self._frames(x), train=True,  # noqa: E731
+                                               return_stages=return_stages, mutable=["batch_stats"])
+            if self.bn_running_var == "unbiased":
+                with nn.intercept_methods(_unbiased_running_var):
+                    out, updates = apply()
+            else:
+                out, updates = apply()
             new_stats = updates["batch_stats"]
         else:
             out = self.encoder.apply(variables, self._frames(x), train=False, return_stages=return_stages)
