@@ -189,3 +189,47 @@ def test_checkpoint_of_another_run_or_corrupt_is_refused_by_name(small, cache, t
     with pytest.raises(CheckpointError, match=r"checkpoint .*t/latest/1 is corrupt"):
         fit(teacher, tv, audio.train, audio.val, train_config=tc, progress=False, cache=cache,
             checkpoint=RunCheckpointer(str(tmp_path / "t"), {"lr": 1}))
+
+
+def test_frozen_baseline_batchnorm_switches_after_the_first_evaluation(small, cache):
+    """baseline_bn="frozen_after_first_eval" (the release's accident): epoch 1 is the plain run's,
+    epoch 2 runs the frozen step (below) and so trains differently."""
+    ds, audio, video, teacher, student, tv, sv = small
+    plain = fit(teacher, tv, audio.train, audio.val, train_config=TC, progress=False, cache=cache)
+    frozen = fit(teacher, tv, audio.train, audio.val, progress=False, cache=cache,
+                 train_config=dataclasses.replace(TC, baseline_bn="frozen_after_first_eval"))
+    assert frozen.history[0] == plain.history[0]
+    assert frozen.history[1]["train_loss"] != plain.history[1]["train_loss"]
+
+
+def test_the_frozen_step_leaves_the_running_averages_and_descends_the_inference_loss(small):
+    from ucmkd_jax.losses.classification import cross_entropy
+    from ucmkd_jax.train import build_step
+    ds, audio, video, teacher, student, tv, sv = small
+    frozen = dataclasses.replace(teacher, train_bn="frozen")
+    optim = OptimConfig(clip_norm=0.0)
+    step = build_step("ce", frozen, steps_per_epoch=4, epochs=2, optim=optim)
+    state = step.init_state(tv, None, 0)
+    batch = {"x_s": audio.train.x[:16], "y_s": audio.train.y[:16]}
+    import jax.numpy as jnp
+    stats0 = jax.tree.map(np.asarray, state.batch_stats)
+    grad = jax.grad(lambda p: cross_entropy(teacher.apply({"params": p, "batch_stats": tv["batch_stats"]},
+                                                          jnp.asarray(batch["x_s"]), train=False)[0],
+                                            jnp.asarray(batch["y_s"])))(tv["params"])
+    lr = float(step.schedule(0))
+    new, _ = step.step(state, {}, jax.tree.map(jnp.asarray, batch))
+    for a, b in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(stats0)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    # SGD with momentum, first step: p - lr * g
+    for p1, p0, g in zip(jax.tree.leaves(new.params), jax.tree.leaves(tv["params"]), jax.tree.leaves(grad)):
+        np.testing.assert_allclose(np.asarray(p1), np.asarray(p0) - lr * np.asarray(g), rtol=1e-5, atol=1e-9)
+
+
+def test_frozen_training_forward_is_the_inference_forward(small):
+    ds, audio, video, teacher, student, tv, sv = small
+    x = audio.train.x[:8]
+    frozen = dataclasses.replace(teacher, train_bn="frozen")
+    z_f, stats_f = frozen.encode(tv["params"]["encoder"], tv["batch_stats"], x, train=True)
+    z_e, _ = teacher.encode(tv["params"]["encoder"], tv["batch_stats"], x, train=False)
+    np.testing.assert_array_equal(np.asarray(z_f), np.asarray(z_e))
+    assert stats_f is tv["batch_stats"]

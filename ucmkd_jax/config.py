@@ -135,7 +135,11 @@ class TrainConfig:
     model_selection: the split a student's best epoch is chosen on: "val" (carved from train)
     or "test" (the release, which passes its test loader as validation: the reported test
     accuracy is then the best over epochs, an optimistic figure; results.md says so);
-    selection_ties: which epoch wins a tie in accuracy, "earlier" or "later" (the release: >=)."""
+    selection_ties: which epoch wins a tie in accuracy, "earlier" or "later" (the release: >=).
+    baseline_bn: "train" (BatchNorm in training mode throughout) or "frozen_after_first_eval":
+    the release's single-level baselines (``ucmkd_jax.fidelity.FROZEN_BN_BASELINES``) train with
+    eval-mode BatchNorm from their second epoch on (its evaluate() switches the net to eval mode
+    and nothing switches it back); the bilevel methods are not affected."""
 
     epochs: int = bounded(100, ge=1, why="0 epochs would report an untrained student")
     teacher_epochs: int = bounded(100, ge=0)
@@ -147,6 +151,7 @@ class TrainConfig:
     precise_bn: int = bounded(20, ge=0, why="training batches; 0 turns precise BatchNorm off")
     model_selection: Literal["val", "test"] = "val"
     selection_ties: Literal["earlier", "later"] = "earlier"
+    baseline_bn: Literal["train", "frozen_after_first_eval"] = "train"
 
     def __post_init__(self):
         validate(self)

@@ -20,6 +20,7 @@ Rows of docs/protocol.md this module sets (the rest are marked there as not yet 
  15  optim.clip_epsilon 1e-6 (torch's clip_grad_norm_); the first epoch's lr through row 9
      train.precise_bn 0 (the release evaluates with the running averages)
  14  model.bn_running_var "unbiased" (torch's running-variance update)
+  6  train.baseline_bn "frozen_after_first_eval" (the single-level baselines' eval-mode BatchNorm)
 """
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ from typing import Dict, Tuple
 
 from ucmkd_jax.overrides import ConfigError, set_field
 
-__all__ = ["PROTOCOLS", "apply_protocol"]
+__all__ = ["PROTOCOLS", "apply_protocol", "FROZEN_BN_BASELINES"]
+
+# The release's single-level baselines, whose BatchNorm stays in eval mode after the first
+# evaluation (row 6); its bilevel step calls .train() on its copy and is not affected.
+FROZEN_BN_BASELINES = ("ce", "feature_kd", "vanilla_kd", "sumall", "reviewkd", "norm")
 
 # (config path, value) per protocol; "clean" is the dataclasses' defaults.
 PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
@@ -45,6 +50,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("std_ddof", 1),
         ("train.precise_bn", 20),
         ("model.bn_running_var", "biased"),
+        ("train.baseline_bn", "train"),
     ),
     "authors": (
         ("method.inner_eps_root", 0.0),
@@ -60,6 +66,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("std_ddof", 0),
         ("train.precise_bn", 0),
         ("model.bn_running_var", "unbiased"),
+        ("train.baseline_bn", "frozen_after_first_eval"),
     ),
 }
 

@@ -35,6 +35,7 @@ from ucmkd_jax.checkpoint import RunCheckpointer, load_variables, on_primary, sa
 from ucmkd_jax.config import ExperimentConfig, to_dict
 from ucmkd_jax.data.base import ModalityData, Split
 from ucmkd_jax.data.regimes import distillation_pools, subsample
+from ucmkd_jax.fidelity import FROZEN_BN_BASELINES
 from ucmkd_jax.methods.base import get_method
 from ucmkd_jax.models.model import Model
 from ucmkd_jax.models.pretrained import initial_variables
@@ -158,9 +159,10 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
             ckpt = RunCheckpointer(path + ".run", {"teacher": teacher.name, "seed": seed, "n_train": len(data.train),
                                                    "model": to_dict(cfg.model), "train": to_dict(cfg.train),
                                                    "optim": to_dict(cfg.optim)})
-        # the student's selection rule is not the teacher's: the teacher keeps its first best epoch
+        # the students' selection rule and the release's baseline BatchNorm accident are not the
+        # teacher's (its pre-training recipe is docs/protocol.md row 8)
         result = fit(teacher, init, data.train, data.val, method="ce", optim=cfg.optim,
-                     train_config=dataclasses.replace(cfg.train, selection_ties="earlier"),
+                     train_config=dataclasses.replace(cfg.train, selection_ties="earlier", baseline_bn="train"),
                      epochs=cfg.train.teacher_epochs, seed=t_seed,
                      desc=desc, progress=progress, cache=cache, checkpoint=ckpt, mesh=mesh)
         variables = result.variables
@@ -296,6 +298,7 @@ def train_student(cfg: ExperimentConfig, dataset_name: str, method: str, student
         "bn_updates_per_step": spec.bn_updates(cfg.method),
         "precise_bn": cfg.train.precise_bn,
         "model_selection": cfg.train.model_selection,
+        "baseline_bn": cfg.train.baseline_bn if method in FROZEN_BN_BASELINES else None,
         "protocol": cfg.protocol,
     }
     if use_t:

@@ -32,6 +32,7 @@ from ucmkd_jax.checkpoint import RunCheckpointer
 from ucmkd_jax.config import TrainConfig
 from ucmkd_jax.data.base import Split, validate_split
 from ucmkd_jax.data.streams import eval_batches, steps_per_epoch, train_batches
+from ucmkd_jax.fidelity import FROZEN_BN_BASELINES
 from ucmkd_jax.losses.classification import accuracy_count
 from ucmkd_jax.methods.base import (MethodConfig, MethodSpec, TrainState, create_train_state, get_method,
                                     make_train_step, with_extra)
@@ -262,6 +263,10 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
     train_step = cache.train_step(method, model, teacher, method_config=method_config, optim=optim,
                                   steps_per_epoch=steps, epochs=epochs)
     evaluator = cache.evaluator(model)
+    frozen_step = None  # the release's baselines: eval-mode BatchNorm after the first evaluation
+    if train_config.baseline_bn == "frozen_after_first_eval" and method in FROZEN_BN_BASELINES:
+        frozen_step = cache.train_step(method, dataclasses.replace(model, train_bn="frozen"), teacher,
+                                       method_config=method_config, optim=optim, steps_per_epoch=steps, epochs=epochs)
     state = train_step.init_state(variables, teacher_variables, seed)
     t_vars = teacher_variables if spec.uses_teacher else {}
 
@@ -289,8 +294,9 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
             batches = train_batches(train, teacher_train, train_config.batch_size,
                                     np.random.SeedSequence([seed, epoch]), pairing, **local)
         sums = None
+        step_fn = frozen_step.step if (frozen_step is not None and epoch >= 1) else train_step.step
         for i, batch in enumerate(prefetch_to_device(batches, put=put)):
-            state, metrics = train_step.step(state, t_vars, batch)
+            state, metrics = step_fn(state, t_vars, batch)
             sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
             if (i + 1) % train_config.log_every == 0 or i + 1 == steps:
                 # one small host sync per log_every steps, for the bar

@@ -75,12 +75,15 @@ class Model:
     name: str = "model"
     video_frames: str = "per_frame"
     bn_running_var: str = "biased"
+    train_bn: str = "batch"
 
     def __post_init__(self):
         if self.video_frames not in VIDEO_FRAMES:
             raise ValueError(f"video_frames must be one of {VIDEO_FRAMES}, got {self.video_frames!r}")
         if self.bn_running_var not in ("biased", "unbiased"):
             raise ValueError(f"bn_running_var must be 'biased' or 'unbiased', got {self.bn_running_var!r}")
+        if self.train_bn not in ("batch", "frozen"):
+            raise ValueError(f"train_bn must be 'batch' or 'frozen', got {self.train_bn!r}")
 
     @property
     def latent_dim(self) -> int:
@@ -143,6 +146,8 @@ class Model:
         self.check_input(x)
         n = x.shape[0]
         variables = {"params": encoder_params, "batch_stats": batch_stats}
+        if train and self.train_bn == "frozen":  # eval-mode BatchNorm inside a training step
+            train = False
         if train:
             apply = lambda: self.encoder.apply(variables, self._frames(x), train=True,  # noqa: E731
                                                return_stages=return_stages, mutable=["batch_stats"])
