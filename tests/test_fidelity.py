@@ -57,3 +57,11 @@ def test_report_warns_of_test_selection_and_uses_the_protocol_ddof():
     assert "60.00 ± 14.14" in summarize([_rec("ce", 0.5, "val"), _rec("ce", 0.7, "val")])
     assert TEST_SELECTION_NOTICE not in summarize([_rec("ce", 0.5, "val")])
     assert mean_std([0.5, 0.7], ddof=0)[1] == pytest.approx(10.0)
+
+
+def test_release_video_frames_follow_the_backbone():
+    from ucmkd_jax.experiment import video_frames
+    assert video_frames("release", "vit_s16") == "mean_pixels"  # the ViT release: x.mean(dim=2)
+    assert video_frames("release", "resnet18") == "per_frame"  # the CREMA-D release: frames folded, pooled
+    assert video_frames("mean_pixels", "resnet18") == "mean_pixels"
+    assert apply_protocol(ExperimentConfig(), "authors").model.video_frames == "release"

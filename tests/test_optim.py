@@ -68,3 +68,13 @@ def test_clip_with_epsilon_is_torch_clip_grad_norm():
         out, _ = tx.update([jnp.asarray(a) for a in g], tx.init(None))
         for a, p in zip(out, ps):
             np.testing.assert_allclose(np.asarray(a), p.grad.numpy(), rtol=1e-6)
+
+
+def test_poly_schedule_is_the_release_adjust_lr():
+    from ucmkd_jax.optim import poly_schedule
+    sched = poly_schedule(OptimConfig(lr=1e-2), steps_per_epoch=4)
+    for e in (0, 1, 37, 99, 100, 120):
+        want = 1e-4 + (1e-2 - 1e-4) * max(0.0, 1 - e / 100) ** 0.9
+        for i in range(4):
+            assert float(sched(4 * e + i)) == pytest.approx(want, rel=1e-5)
+    assert learning_rate_schedule(OptimConfig(schedule="poly"), 4, 10)(8) == sched(8)

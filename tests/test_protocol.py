@@ -79,3 +79,29 @@ def test_the_teacher_cache_key_holds_the_data(small, tmp_path):
     same = teacher_cache_dir(str(tmp_path), cfg, "arrays", "teacher2student", teacher, audio)
     assert teacher_cache_dir(str(tmp_path), cfg, "arrays", "teacher2student", teacher, audio) == same
     assert teacher_cache_dir(str(tmp_path), cfg, "arrays", "teacher2student", teacher, other) != same
+
+
+def test_release_teacher_recipe_shared_over_seeds_and_stopped_at_its_target(small, tmp_path):
+    """--protocol authors' teacher: one pre-training for every seed (the first seed's; the second
+    seed finds it in the cache), selected on test, stopped after the first epoch whose best test
+    accuracy reaches the target (a target of 1e-6: one epoch)."""
+    base = get_preset("synthetic")
+    cfg = dataclasses.replace(base, train=dataclasses.replace(
+        base.train, batch_size=16, teacher_epochs=3, precise_bn=0, teacher_recipe="release", teacher_stop_acc=1e-6,
+        shared_teacher=True, model_selection="test"))
+    t, s = small.modalities["audio"], small.modalities["video"]
+    teacher = build_model("audio", t.sample_shape, small.num_classes, width=2, name="teacher")
+    cache = StepCache()
+    kw = dict(teacher_data=t, student_data=s, paired=True, teacher_model=teacher, need_teacher=True, progress=False,
+              teacher_root=str(tmp_path), cache=cache)
+    first = prepare_seed(cfg, "synthetic", "a2v", 0, **kw)
+    second = prepare_seed(cfg, "synthetic", "a2v", 1, **kw)
+    assert not first.teacher_info["teacher_cached"] and second.teacher_info["teacher_cached"]
+    import jax
+    for a, b in zip(jax.tree.leaves(first.teacher_variables), jax.tree.leaves(second.teacher_variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the recipe's step: SGD on the poly schedule, no clipping
+    (step,) = [v for k, v in cache._steps.items() if k[1] is teacher]
+    assert float(step.schedule(0)) == pytest.approx(1e-2) and step.spec.name == "ce"
+    assert [k[4].schedule for k in cache._steps if k[1] is teacher] == ["poly"]
+    assert [k[4].clip_norm for k in cache._steps if k[1] is teacher] == [0.0]

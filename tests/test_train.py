@@ -233,3 +233,9 @@ def test_frozen_training_forward_is_the_inference_forward(small):
     z_e, _ = teacher.encode(tv["params"]["encoder"], tv["batch_stats"], x, train=False)
     np.testing.assert_array_equal(np.asarray(z_f), np.asarray(z_e))
     assert stats_f is tv["batch_stats"]
+
+
+def test_fit_stops_once_the_target_accuracy_is_met(small, cache):
+    ds, audio, video, teacher, student, tv, sv = small
+    res = fit(teacher, tv, audio.train, audio.val, train_config=TC, progress=False, cache=cache, stop_acc=1e-6)
+    assert len(res.history) == 1 and res.best_epoch == 1

@@ -77,7 +77,8 @@ class ModelConfig:
     projection: "linear", or "linear_bn_relu" (the authors' ViT release: ViT-S's CLS token to
       the teacher's width by Linear -> BatchNorm1d -> ReLU).
     video_frames: "per_frame" (each frame encoded, features averaged) or "mean_pixels" (the
-      frames averaged in pixel space before one pass: the authors' ViT release).
+      frames averaged in pixel space before one pass: the authors' ViT release), or "release"
+      (what the release does for the backbone: mean_pixels for a ViT, per_frame for a ResNet).
     bn_running_var: the BatchNorm running-variance update of a train-mode forward, with the
       batch's "biased" variance (Flax) or the "unbiased" one (PyTorch, the release).
     vit_depth: blocks of every ViT (None: 12 for S and B, 24 for L; tests shrink it).
@@ -104,7 +105,7 @@ class ModelConfig:
     latent_dim: Optional[int] = bounded(None, ge=1)
     mlp_depth: int = bounded(2, ge=1)
     projection: Literal["linear", "linear_bn_relu"] = "linear"
-    video_frames: Literal["per_frame", "mean_pixels"] = "per_frame"
+    video_frames: Literal["per_frame", "mean_pixels", "release"] = "per_frame"
     bn_running_var: Literal["biased", "unbiased"] = "biased"
     vit_depth: Optional[int] = bounded(None, ge=1)
     vit_remat: bool = False
@@ -139,7 +140,15 @@ class TrainConfig:
     baseline_bn: "train" (BatchNorm in training mode throughout) or "frozen_after_first_eval":
     the release's single-level baselines (``ucmkd_jax.fidelity.FROZEN_BN_BASELINES``) train with
     eval-mode BatchNorm from their second epoch on (its evaluate() switches the net to eval mode
-    and nothing switches it back); the bilevel methods are not affected."""
+    and nothing switches it back); the bilevel methods are not affected.
+    teacher_recipe: how the teacher is pre-trained: "student" (the students' optimiser, schedule
+    and clipping) or "release" (SGD momentum 0.9 at ``optim.lr``, the poly schedule of
+    ``ucmkd_jax.optim.poly_schedule``, no clipping, no weight decay); either way it is selected on
+    ``model_selection``'s split (strictly better epochs only).
+    teacher_stop_acc: stop pre-training once the best selection accuracy reaches this fraction
+    (the release: 0.70); None: train all ``teacher_epochs``.
+    shared_teacher: one teacher for all seeds (the release's: pre-trained once, with the first
+    seed's init and batch order) instead of one per seed; needs ``subsample`` = 1."""
 
     epochs: int = bounded(100, ge=1, why="0 epochs would report an untrained student")
     teacher_epochs: int = bounded(100, ge=0)
@@ -152,6 +161,9 @@ class TrainConfig:
     model_selection: Literal["val", "test"] = "val"
     selection_ties: Literal["earlier", "later"] = "earlier"
     baseline_bn: Literal["train", "frozen_after_first_eval"] = "train"
+    teacher_recipe: Literal["student", "release"] = "student"
+    teacher_stop_acc: Optional[float] = bounded(None, gt=0.0, le=1.0)
+    shared_teacher: bool = False
 
     def __post_init__(self):
         validate(self)

@@ -20,6 +20,7 @@ from ucmkd_jax.data import CrossModalDataset, ModalityData, load_dataset, roles
 from ucmkd_jax.data.base import DIRECTIONS, Split
 from ucmkd_jax.data.regimes import protocol_indices
 from ucmkd_jax.methods.base import check_bilevel_config, get_method
+from ucmkd_jax.overrides import ConfigError
 from ucmkd_jax.models import BACKBONES, Model, build_model, default_backbone
 from ucmkd_jax.models.pretrained import trunk_from_file
 from ucmkd_jax.parallel import data_mesh
@@ -55,7 +56,7 @@ def build_models(cfg: ExperimentConfig, teacher_data: Optional[ModalityData], st
         return build_model(data.modality, data.sample_shape, num_classes, backbone, width=m.width, stem=m.stem,
                            dtype=m.dtype, latent_dim=latent_dim, mlp_depth=m.mlp_depth, name=name,
                            options=backbone_options(m, backbone, data.modality, twice and name == "student"),
-                           projection=m.projection, video_frames=m.video_frames,
+                           projection=m.projection, video_frames=video_frames(m.video_frames, backbone),
                            bn_running_var=m.bn_running_var)
 
     teacher = one(teacher_data, m.teacher_backbone, "teacher", m.latent_dim)
@@ -64,6 +65,14 @@ def build_models(cfg: ExperimentConfig, teacher_data: Optional[ModalityData], st
             and student.latent_dim != teacher.latent_dim:
         student = one(student_data, m.student_backbone, "student", teacher.latent_dim)
     return teacher, student
+
+
+def video_frames(setting: str, backbone: str) -> str:
+    """``ModelConfig.video_frames`` for ``backbone``: "release" is what the authors' release does
+    with it (frames averaged in pixel space before a ViT, encoded one by one by a ResNet)."""
+    if setting != "release":
+        return setting
+    return "mean_pixels" if backbone.startswith("vit") else "per_frame"
 
 
 def backbone_options(m: ModelConfig, backbone: str, modality: str, second_order: bool = False) -> dict:
@@ -86,6 +95,10 @@ def check_run(cfg: ExperimentConfig, dataset: CrossModalDataset, models: Optiona
     batch after ``--subsample`` and the regime's pools (in-memory datasets) and, for prebuilt
     ``models`` (teacher, student) of one direction, their fit to the data."""
     uses_teacher = False
+    if cfg.train.shared_teacher and cfg.subsample < 1.0:
+        raise ConfigError(f"train.shared_teacher (one teacher for all seeds, as --protocol authors sets) cannot go "
+                          f"with subsample={cfg.subsample}: each seed subsamples the teacher's data too; add --set "
+                          f"train.shared_teacher=false")
     if any(m.startswith("ucmkd") for m in cfg.methods):
         check_bilevel_config(cfg.method)
     for m in cfg.methods:

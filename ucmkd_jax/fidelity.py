@@ -21,6 +21,8 @@ Rows of docs/protocol.md this module sets (the rest are marked there as not yet 
      train.precise_bn 0 (the release evaluates with the running averages)
  14  model.bn_running_var "unbiased" (torch's running-variance update)
   6  train.baseline_bn "frozen_after_first_eval" (the single-level baselines' eval-mode BatchNorm)
+  8  train.teacher_recipe "release", train.teacher_stop_acc 0.70, train.shared_teacher True
+     model.video_frames "release" (ViTs: frames averaged in pixel space, the ViT release)
 """
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("train.precise_bn", 20),
         ("model.bn_running_var", "biased"),
         ("train.baseline_bn", "train"),
+        ("train.teacher_recipe", "student"),
+        ("train.teacher_stop_acc", None),
+        ("train.shared_teacher", False),
+        ("model.video_frames", "per_frame"),
     ),
     "authors": (
         ("method.inner_eps_root", 0.0),
@@ -67,6 +73,10 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("train.precise_bn", 0),
         ("model.bn_running_var", "unbiased"),
         ("train.baseline_bn", "frozen_after_first_eval"),
+        ("train.teacher_recipe", "release"),
+        ("train.teacher_stop_acc", 0.70),
+        ("train.shared_teacher", True),
+        ("model.video_frames", "release"),
     ),
 }
 

@@ -11,7 +11,7 @@ import optax
 
 from ucmkd_jax.overrides import bounded, validate
 
-__all__ = ["OptimConfig", "learning_rate_schedule", "epoch_schedule", "clip_by_global_norm_eps", "outer_optimizer", "inner_optimizer"]
+__all__ = ["OptimConfig", "learning_rate_schedule", "epoch_schedule", "poly_schedule", "clip_by_global_norm_eps", "outer_optimizer", "inner_optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,10 @@ class OptimConfig:
     ``end_lr``, stepped once per epoch, so the rate is constant within an epoch and exactly
     ``init_lr`` through the first one).
 
+    schedule: "warmup_cosine" (above) or "poly" (the release's teacher pre-training, stepped per
+    epoch e: 1e-4 + (lr - 1e-4) (1 - e / 100)^0.9, its ``adjust_lr`` with 100 epochs fixed;
+    no warm-up).
+
     clip_epsilon: the gradient is scaled by min(1, clip_norm / (||g|| + clip_epsilon)); 0 is
     optax's ``clip_by_global_norm``, 1e-6 PyTorch's ``clip_grad_norm_`` (the release).
     """
@@ -43,6 +47,7 @@ class OptimConfig:
     weight_decay: float = bounded(0.0, ge=0.0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     schedule_unit: Literal["step", "epoch"] = "step"
+    schedule: Literal["warmup_cosine", "poly"] = "warmup_cosine"
     clip_epsilon: float = bounded(0.0, ge=0.0, why="added to the global norm before clipping (torch: 1e-6)")
 
     def __post_init__(self):
@@ -68,9 +73,23 @@ def epoch_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax
     return schedule
 
 
+def poly_schedule(cfg: OptimConfig, steps_per_epoch: int) -> optax.Schedule:
+    """lr(step) = 1e-4 + (lr - 1e-4) max(0, 1 - e / 100)^0.9, e = step // steps_per_epoch."""
+    spe = max(int(steps_per_epoch), 1)
+
+    def schedule(step):
+        e = (jnp.asarray(step, jnp.int32) // spe).astype(jnp.float32)
+        return 1e-4 + (cfg.lr - 1e-4) * jnp.maximum(0.0, 1.0 - e / 100.0) ** 0.9
+
+    return schedule
+
+
 def learning_rate_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
     """lr(step): linear from ``init_lr`` to ``lr`` over the warm-up, then cosine to ``end_lr``,
-    per step, or per epoch with ``schedule_unit="epoch"`` (``epoch_schedule``)."""
+    per step, or per epoch with ``schedule_unit="epoch"`` (``epoch_schedule``); or the release's
+    teacher schedule with ``schedule="poly"`` (``poly_schedule``)."""
+    if cfg.schedule == "poly":
+        return poly_schedule(cfg, steps_per_epoch)
     if cfg.schedule_unit == "epoch":
         return epoch_schedule(cfg, steps_per_epoch, epochs)
     total = max(int(steps_per_epoch * epochs), 1)

@@ -103,6 +103,8 @@ def teacher_cache_dir(root: str, cfg: ExperimentConfig, dataset_name: str, direc
             "input_shape": list(teacher.input_shape), "latent_dim": teacher.latent_dim,
             "model": to_dict(cfg.model), "teacher_epochs": cfg.train.teacher_epochs,
             "batch_size": cfg.train.batch_size, "precise_bn": cfg.train.precise_bn, "optim": to_dict(cfg.optim),
+            "teacher_recipe": cfg.train.teacher_recipe, "teacher_stop_acc": cfg.train.teacher_stop_acc,
+            "model_selection": cfg.train.model_selection,
             "subsample": cfg.subsample, "n_train": len(data.train), "data": data_fingerprint(data)}
     text = json.dumps(desc, sort_keys=True)
     path = os.path.join(root, direction, hashlib.sha1(text.encode()).hexdigest()[:12])
@@ -148,6 +150,14 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
     Returns (variables, info): ``evaluate_teacher``'s info plus "teacher_cached".
     """
     t_seed = seeds.teacher_seed(seed)
+    t_optim = cfg.optim
+    if cfg.train.teacher_recipe == "release":  # the release's pre_train_models: SGD, poly lr, no clip
+        t_optim = dataclasses.replace(cfg.optim, optimizer="sgd", momentum=0.9, schedule="poly", clip_norm=0.0,
+                                      weight_decay=0.0, warmup_epochs=0.0)
+    select_on = data.test if cfg.train.model_selection == "test" else data.val
+    if select_on is None:
+        raise ValueError(f"train.model_selection={cfg.train.model_selection!r}, but the teacher has no "
+                         f"{cfg.train.model_selection} split")
     init = initial_variables(teacher, jax.random.PRNGKey(t_seed), cfg.model.teacher_init)
     path = os.path.join(cache_dir, f"teacher_seed{seed}") if cache_dir else None
     cached = path is not None and os.path.isdir(path)
@@ -161,7 +171,7 @@ def pretrain_teacher(cfg: ExperimentConfig, teacher: Model, data: ModalityData, 
                                                    "optim": to_dict(cfg.optim)})
         # the students' selection rule and the release's baseline BatchNorm accident are not the
         # teacher's (its pre-training recipe is docs/protocol.md row 8)
-        result = fit(teacher, init, data.train, data.val, method="ce", optim=cfg.optim,
+        result = fit(teacher, init, data.train, select_on, method="ce", optim=t_optim, stop_acc=cfg.train.teacher_stop_acc,
                      train_config=dataclasses.replace(cfg.train, selection_ties="earlier", baseline_bn="train"),
                      epochs=cfg.train.teacher_epochs, seed=t_seed,
                      desc=desc, progress=progress, cache=cache, checkpoint=ckpt, mesh=mesh)
@@ -223,8 +233,10 @@ def prepare_seed(cfg: ExperimentConfig, dataset_name: str, direction: str, seed:
     if pretrain:
         cache_dir = (teacher_cache_dir(teacher_root, cfg, dataset_name, direction, teacher_model, t_seed)
                      if teacher_root else None)
-        t_vars, t_info = pretrain_teacher(cfg, teacher_model, t_seed, seed, cache_dir, progress,
-                                          desc=f"teacher {t_seed.modality} seed {seed}", cache=cache, mesh=mesh)
+        # one teacher for all seeds (the release) or one per seed
+        teacher_seed = cfg.first_seed if cfg.train.shared_teacher else seed
+        t_vars, t_info = pretrain_teacher(cfg, teacher_model, t_seed, teacher_seed, cache_dir, progress,
+                                          desc=f"teacher {t_seed.modality} seed {teacher_seed}", cache=cache, mesh=mesh)
     elif need_teacher:
         t_info = evaluate_teacher(cfg, teacher_model, t_vars, t_seed, cache, mesh)
     return SeedData(direction, seed, t_seed, teacher_model, t_vars, t_info, s_run, t_pool, extra)

@@ -219,7 +219,8 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         teacher: Optional[Model] = None, teacher_variables=None, teacher_train: Optional[Split] = None,
         pairing: str = "unpaired", seed: int = 0, desc: str = "", progress: bool = True,
         cache: Optional[StepCache] = None, checkpoint: Optional[RunCheckpointer] = None,
-        on_epoch: Optional[Callable[[dict, list], None]] = None, mesh: Optional[Mesh] = None) -> TrainResult:
+        on_epoch: Optional[Callable[[dict, list], None]] = None, mesh: Optional[Mesh] = None,
+        stop_acc: Optional[float] = None) -> TrainResult:
     """Train ``model`` from ``variables`` with a registered method; select on ``val``.
 
     Args:
@@ -246,6 +247,8 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         records so far, restored ones included).
       mesh: a 1-d ("data",) device mesh (``ucmkd_jax.parallel.data_mesh``) for data-parallel
         training with single-device semantics; None: one device.
+      stop_acc: stop after the first epoch whose best selection accuracy is >= this (the
+        release's teacher pre-training stops at 0.70); None: train all ``epochs``.
     Raises:
       ValueError on bad input (before anything is compiled); NonFiniteLossError naming the
       method, epoch and step when a loss or gradient stops being finite; CheckpointError for a
@@ -287,6 +290,8 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
     start = time.time()
     bar = tqdm(total=epochs * steps, initial=first_epoch * steps, desc=desc or method, unit="step",
                disable=not progress, dynamic_ncols=True, leave=True)
+    if stop_acc is not None and best[2] is not None and best[0] >= stop_acc:
+        first_epoch = epochs  # resumed after the epoch that met the target: nothing left to run
     for epoch in range(first_epoch, epochs):
         if streaming:
             batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none", **local)
@@ -338,6 +343,8 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
             on_epoch(record, history)
         bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{record['train_loss']:.4f}",
                         val_acc=f"{val_metrics['acc']:.3f}")
+        if stop_acc is not None and best[0] >= stop_acc:
+            break
     bar.close()
     if best[2] is None:  # zero epochs
         best = (best[0], 0, jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
