@@ -18,9 +18,11 @@ count, and ``target_checks`` then takes the FLOPs of the same case's float32 rec
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import json
+import sys
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ["ARCHS", "shapes_for", "jax_model_kwargs", "torch_vit_kwargs", "for_case", "target_checks"]
+__all__ = ["ARCHS", "shapes_for", "jax_model_kwargs", "torch_vit_kwargs", "for_case", "target_checks", "remat_cost"]
 
 # --arch -> (teacher backbone, student backbone, latent width = the teacher's)
 ARCHS = {"vit_b_to_s": ("vit_b16", "vit_s16", 768), "vit_l_to_s": ("vit_l16", "vit_s16", 1024)}
@@ -90,12 +92,59 @@ def target_checks(records: List[dict]) -> List[str]:
                        f"(target: fits 80 GB = 74.5 GiB)")
         frac, note = r.get("frac_of_matmul_peak"), ""
         twin = by.get((arch, case, d, "float32"), {})
-        if case == "ce" and not frac and twin.get("flops_per_step") and r.get("matmul_peak_flops_per_s"):
-            # cuDNN's fused attention is a custom call that XLA's cost analysis does not count: the
-            # same step's FLOPs from its float32 record (XLA attention; the count is dtype-free)
+        if case == "ce" and dt != "float32" and twin.get("flops_per_step") and r.get("matmul_peak_flops_per_s"):
+            # cuDNN's fused attention is a custom call that XLA's cost analysis does not count (the
+            # bf16 record's own count lacks the attention, or is missing): the same step's FLOPs
+            # from its float32 record (XLA attention; the count is dtype-free)
             frac = twin["flops_per_step"] / (r["ms_per_step_median"] / 1e3) / r["matmul_peak_flops_per_s"]
             note = ", FLOPs of the float32 record"
         if case == "ce" and frac:
             out.append(f"{tag} ViT-S student ce step at {100 * frac:.1f} % of the matmul peak{note} "
                        f"(GPU bf16 target >= 40 %)")
     return out
+
+
+def remat_cost(records: List[dict]) -> List[str]:
+    """For each timed record with ``remat`` (step_bench --vit-remat), its time and XLA footprint
+    against the same (arch, case, direction, dtype) without remat: what ``jax.checkpoint`` costs
+    and saves (the issue: the unrolled ViT-L step within 80 GB, "remat if needed, with its
+    measured cost")."""
+    plain = {(r.get("arch"), r["case"], r["direction"], r["dtype"]): r for r in records
+             if not r.get("remat") and r.get("ms_per_step_median")}
+    out = []
+    for r in records:
+        if not (r.get("remat") and r.get("ms_per_step_median")):
+            continue
+        key = (r.get("arch"), r["case"], r["direction"], r["dtype"])
+        tag = f"[{key[0]} {key[2]} {key[3]}] {key[1]} remat"
+        gib = (r.get("compiled_mem_bytes") or 0) / 2**30
+        base = plain.get(key)
+        if base is None:
+            out.append(f"{tag}: {r['ms_per_step_median']:.1f} ms/step, XLA footprint {gib:.1f} GiB "
+                       f"(no record without remat to compare)")
+            continue
+        gib0 = (base.get("compiled_mem_bytes") or 0) / 2**30
+        out.append(f"{tag}: {r['ms_per_step_median']:.1f} ms/step vs {base['ms_per_step_median']:.1f} without "
+                   f"(x{r['ms_per_step_median'] / base['ms_per_step_median']:.2f} time), XLA footprint "
+                   f"{gib:.2f} vs {gib0:.2f} GiB (target: fits 80 GB = 74.5 GiB)")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python benchmarks/vit_cases.py --remat-cost A.json B.json ...``: ``remat_cost`` of the
+    step_bench records of the files together (gpu_check.sh prints it after the ViT tables)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "--remat-cost":
+        print("usage: python benchmarks/vit_cases.py --remat-cost STEP_BENCH.json ...", file=sys.stderr)
+        return 2
+    records: List[dict] = []
+    for path in args[1:]:
+        with open(path) as f:
+            records.extend(json.load(f))
+    lines = remat_cost(records)
+    print("\n".join(lines) if lines else "# no timed remat record (step_bench --vit-remat) to compare")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

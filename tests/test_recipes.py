@@ -22,7 +22,7 @@ def test_vit_recipes_are_the_releases(dataset, name, teacher, latent):
     assert (m.teacher_backbone, m.student_backbone, m.latent_dim, m.projection) == \
         (teacher, "vit_s16", latent, "linear_bn_relu")
     assert m.vit_audio_size == (256, 1024) and m.width == 64 and m.vit_depth is None
-    assert (t.batch_size, t.epochs, t.teacher_epochs) == (32, 30, 20)
+    assert (t.batch_size, t.eval_batch_size, t.epochs, t.teacher_epochs) == (32, 32, 30, 20)
     assert (o.optimizer, o.lr, o.weight_decay, o.warmup_epochs, o.end_lr) == ("adamw", 1e-4, 1e-5, 5.0, 1e-5)
     assert cfg.method.fa.cost == "l2"
     # the rest of the dataset's preset stays
@@ -70,3 +70,17 @@ def test_build_models_of_a_vit_recipe():
     teacher, student = build_models(unrolled, video, audio, 28)  # v2a
     assert student.encoder.trunk.attention == "xla" and teacher.encoder.attention == "auto"
     assert student.encoder.trunk.input_size == (256, 1024) and teacher.encoder.input_size is None
+
+
+def test_per_side_vits_without_a_recipe_meet_at_the_teachers_width():
+    """--teacher-backbone vit_b16 --student-backbone vit_s16 without --preset (latent_dim None):
+    the student is projected to the teacher's width, as the release does, instead of the run
+    being refused after the teacher's pre-training."""
+    base = get_preset("ave")
+    model = dataclasses.replace(base.model, teacher_backbone="vit_b16", student_backbone="vit_s16", width=4,
+                                vit_depth=1, latent_dim=None)
+    cfg = dataclasses.replace(base, model=model)
+    teacher, student = build_models(cfg, _side("audio", (32, 64, 1)), _side("video", (2, 32, 32, 3)), 28)
+    assert (teacher.latent_dim, student.latent_dim) == (48, 48)
+    assert isinstance(student.encoder, ProjectedEncoder) and student.encoder.trunk.dim == 24
+    assert not isinstance(teacher.encoder, ProjectedEncoder)

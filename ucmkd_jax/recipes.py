@@ -16,11 +16,12 @@ and the short flags and ``--set`` apply after it. The ViT recipes are the author
 
 both with the student's 384-wide CLS token projected to the teacher's width (768 / 1024) by
 Linear -> BatchNorm1d -> ReLU, spectrograms resized to 256 x 1024, AdamW (lr 1e-4, weight decay
-1e-5) with 5 warm-up epochs and a cosine down to 1e-5, batch 32, 30 student epochs, 20 teacher
-pre-training epochs (AdamW too), and the l2 OT cost. The initial weights (ImageNet) come from
+1e-5) with 5 warm-up epochs and a cosine down to 1e-5, batch 32 (evaluation too: a ViT's
+attention over 1 + 16 x 64 spectrogram tokens at the default evaluation batch of 256 needs tens
+of GB), 30 student epochs, 20 teacher pre-training epochs (AdamW too), and the l2 OT cost. The initial weights (ImageNet) come from
 files the user downloads: ``--teacher-init`` / ``--student-init`` (``ucmkd_jax.models.pretrained``).
 Video: per-frame encoding and a mean of the features (the clean default); the release averages
-the frames in pixel space first (``--set model.video_frames=mean_pixels``).
+the frames in pixel space first (``--set model.video_frames=mean_pixels``, or ``--protocol authors``).
 
 ``vit_tiny``: the same recipe with teacher and student ViTs of 2 blocks and head width 4 (token
 widths 48 and 24), for the synthetic demo and the tests on a CPU.
@@ -45,7 +46,8 @@ def vit_recipe(teacher: str, student: str, latent_dim: int, *, width: int = 64, 
         model = dataclasses.replace(cfg.model, teacher_backbone=teacher, student_backbone=student, width=width,
                                     latent_dim=latent_dim, projection="linear_bn_relu", vit_depth=depth,
                                     vit_audio_size=(256, 1024) if depth is None else None)
-        train = dataclasses.replace(cfg.train, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=32)
+        train = dataclasses.replace(cfg.train, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=32,
+                                    eval_batch_size=32)
         optim = dataclasses.replace(cfg.optim, optimizer="adamw", lr=1e-4, weight_decay=1e-5, warmup_epochs=5.0,
                                     init_lr=1e-5, end_lr=1e-5)
         method = dataclasses.replace(cfg.method, fa=dataclasses.replace(cfg.method.fa, cost="l2"))

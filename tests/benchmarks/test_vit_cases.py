@@ -53,6 +53,26 @@ def test_target_lines():
                      "= 74.5 GiB)"]
 
 
+def test_remat_cost_lines(tmp_path, capsys):
+    """gpu_check.sh's last ViT line: a --vit-remat record against the same case without remat."""
+    key = {"arch": "vit_l_to_s", "case": "ucmkd_unrolled", "direction": "v2a", "dtype": "bfloat16"}
+    plain = dict(key, ms_per_step_median=100.0, compiled_mem_bytes=90 * 2**30, remat=False)
+    remat = dict(key, ms_per_step_median=130.0, compiled_mem_bytes=45 * 2**30, remat=True)
+    lone = dict(key, direction="a2v", ms_per_step_median=80.0, compiled_mem_bytes=2**30, remat=True)
+    assert vit_cases.remat_cost([plain, remat, lone, dict(remat, ms_per_step_median=None)]) == [
+        "[vit_l_to_s v2a bfloat16] ucmkd_unrolled remat: 130.0 ms/step vs 100.0 without (x1.30 time), XLA "
+        "footprint 45.00 vs 90.00 GiB (target: fits 80 GB = 74.5 GiB)",
+        "[vit_l_to_s a2v bfloat16] ucmkd_unrolled remat: 80.0 ms/step, XLA footprint 1.0 GiB (no record without "
+        "remat to compare)"]
+    import json
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([plain]))
+    b.write_text(json.dumps([remat]))
+    assert vit_cases.main(["--remat-cost", str(a), str(b)]) == 0
+    assert "x1.30 time" in capsys.readouterr().out
+    assert vit_cases.main([]) == 2
+
+
 def test_tiny_vit_case_against_torch(tmp_path):
     pytest.importorskip("torch")
     try:
