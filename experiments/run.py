@@ -70,6 +70,8 @@ ALIASES = {
     "--teacher-epochs": ("train.teacher_epochs", None),
     "--batch-size": ("train.batch_size", None),
     "--eval-batch-size": ("train.eval_batch_size", "evaluation batch (padded: one compiled shape; default 256)"),
+    "--precise-bn": ("train.precise_bn", "recompute the BatchNorm statistics over N training batches before each "
+                                         "evaluation (default 20; 0: the running averages)"),
     "--lr": ("optim.lr", None),
     "--hypergrad": ("method.hypergrad", None),
     "--hvp": ("method.hvp", "how the unrolled hypergradient differentiates the FA steps (same number; forward is "

@@ -90,6 +90,7 @@ class PreciseBN:
             return jax.tree.map(jnp.add, sums, step)
 
         self._accumulate = jax.jit(accumulate, donate_argnums=(2,))
+        self._shapes = {}
 
     def __call__(self, variables, batches: Iterable) -> dict:
         params, stats = variables["params"], variables["batch_stats"]
@@ -111,5 +112,10 @@ class PreciseBN:
         return {"params": params, "batch_stats": new_stats}
 
     def _zeros(self, params, stats, x) -> dict:
-        shapes = jax.eval_shape(lambda p, s, xx: batchnorm_moments(self.model, p["encoder"], s, xx), params, stats, x)
-        return {"/".join(p): tuple(jnp.zeros(a.shape, a.dtype) for a in (m, v, m)) for p, (m, v) in shapes.items()}
+        # the layers' moment shapes depend on the input's shape only: trace them once per shape
+        key = (tuple(x.shape), str(x.dtype), str(jax.tree.leaves(params)[0].dtype))
+        if key not in self._shapes:
+            self._shapes[key] = jax.eval_shape(
+                lambda p, s, xx: batchnorm_moments(self.model, p["encoder"], s, xx), params, stats, x)
+        return {"/".join(p): tuple(jnp.zeros(a.shape, a.dtype) for a in (m, v, m))
+                for p, (m, v) in self._shapes[key].items()}
