@@ -15,6 +15,15 @@ One table per regime: the unpaired regime (record key ``unpaired``, else the con
 rows. The same (regime, dataset, direction, method, seed) found twice keeps the first folder's
 record and says so.
 
+Runs of the two protocols (``--protocol clean|authors``, docs/protocol.md; the record's or the
+config's ``protocol``, "clean" for runs that predate it) are put side by side: each column is then
+a dataset/direction/protocol, e.g. "Synthetic A→V (authors)" beside "(clean)", so that
+
+    python experiments/report.py runs/demo_clean runs/demo_authors
+
+compares the same dataset under both. Columns whose runs selected their epochs on the test split
+(``authors``) are marked with a dagger and a note.
+
 With --paper FILE (experiments/paper_tables.json: Tables 1, 2 and 6 typed in from the paper),
 every column gets a "paper" column beside it holding the paper's value for the same method,
 dataset, direction and regime ("–" where the paper has none). ce and the teacher do not use the
@@ -76,8 +85,9 @@ def load_runs(folders):
         cfg = read_json(cfg_path, "the run's config")
         records = read_json(res_path, "the run's records")
         for r in records:
+            r = dict(r, protocol=r.get("protocol") or cfg.get("protocol") or "clean")
             reg = regime(r, cfg)
-            key = (reg, r["dataset"], r["direction"], row_key(r), r["seed"])
+            key = (reg, r["dataset"], r["direction"], r["protocol"], row_key(r), r["seed"])
             if key in seen:
                 notes.append(f"duplicate {r['dataset']} {r['direction']} {r['method']} seed {r['seed']} "
                              f"({_regime_label(reg)}) in {folder}: kept the one from {seen[key]}")
@@ -127,9 +137,10 @@ def _regime_label(reg):
 
 
 def _col_order(col):
-    d, r = col
+    d, r, proto = col
     ds = list(DATASET_NAMES)
-    return (ds.index(d) if d in ds else len(ds), d, ["a2v", "v2a"].index(r) if r in ("a2v", "v2a") else 2, r)
+    return (ds.index(d) if d in ds else len(ds), d, ["a2v", "v2a"].index(r) if r in ("a2v", "v2a") else 2, r,
+            0 if proto == "clean" else 1, proto)
 
 
 def tables(rows, metric: str = "test_acc", paper: dict | None = None) -> str:
@@ -139,18 +150,25 @@ def tables(rows, metric: str = "test_acc", paper: dict | None = None) -> str:
     out = []
     for reg in sorted({reg for reg, _ in rows}):
         recs = [r for g, r in rows if g == reg]
-        cols = sorted({(r["dataset"], r["direction"]) for r in recs}, key=_col_order)
+        cols = sorted({(r["dataset"], r["direction"], r["protocol"]) for r in recs}, key=_col_order)
+        both = len({c[2] for c in cols}) > 1
+        on_test = {(r["dataset"], r["direction"], r["protocol"]) for r in recs if r.get("model_selection") == "test"}
         cells = OrderedDict()
         teachers = {}
         for r in recs:
-            cells.setdefault(row_key(r), {}).setdefault((r["dataset"], r["direction"]), []).append(r.get(metric))
-            if r.get(teacher_metric) is not None:  # one teacher per (dataset, direction, seed)
-                teachers.setdefault((r["dataset"], r["direction"]), {}).setdefault(r["seed"], r[teacher_metric])
+            col = (r["dataset"], r["direction"], r["protocol"])
+            cells.setdefault(row_key(r), {}).setdefault(col, []).append(r.get(metric))
+            if r.get(teacher_metric) is not None:  # one teacher per (dataset, direction, protocol, seed)
+                teachers.setdefault(col, {}).setdefault(r["seed"], r[teacher_metric])
         if teachers:
             cells[("teacher", None, None)] = {c: list(v.values()) for c, v in teachers.items()}
         header = ["method"]
-        for d, r in cols:
+        for d, r, proto in cols:
             name = f"{DATASET_NAMES.get(d, d)} {DIRECTION_NAMES.get(r, r)}"
+            if both:
+                name += f" ({proto})"
+            if (d, r, proto) in on_test:
+                name += " †"
             header += [name, "paper"] if paper is not None else [name]
         lines = [f"## {_regime_label(reg)}", "",
                  f"Student {what} accuracy (%), mean ± sample std over seeds (n = seeds); teacher: its own "
@@ -168,6 +186,9 @@ def tables(rows, metric: str = "test_acc", paper: dict | None = None) -> str:
                     if found:
                         used.setdefault(found[1], set()).add(key[0])
             lines.append("| " + " | ".join(line) + " |")
+        if on_test:
+            lines += ["", "† selected on the TEST split (train.model_selection=test, as the official release): each "
+                          "seed's epoch was chosen by test accuracy, so these test figures are optimistic."]
         if paper is not None:
             src = "; ".join(f"{t} ({', '.join(sorted(m))})" for t, m in used.items()) or "none for this regime"
             lines += ["", f"Paper values: {src}."]

@@ -130,3 +130,21 @@ def test_paper_tables_json_is_complete():
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json is missing"):
         report.main([str(tmp_path)])
+
+
+def test_two_protocols_side_by_side(tmp_path, capsys):
+    cfg = {"dataset": "synthetic", "pairing": "unpaired", "model": {"backbone": "resnet18"}}
+    clean = _write(tmp_path / "clean", dict(cfg, protocol="clean"), [
+        _rec("synthetic", "a2v", "ce", 0, 0.60, 0.70), _rec("synthetic", "a2v", "ce", 1, 0.64, 0.72)])
+    authors = _write(tmp_path / "authors", dict(cfg, protocol="authors"), [
+        _rec("synthetic", "a2v", "ce", 0, 0.50, 0.80, model_selection="test", protocol="authors"),
+        _rec("synthetic", "a2v", "ce", 1, 0.52, 0.82, model_selection="test", protocol="authors")])
+    text = report.main([clean, authors])
+    t = _table(text, "unpaired=easy · subsample=1 · backbone=resnet18")
+    assert t["ce"]["Synthetic A→V (clean)"] == "62.00 ± 2.83 (n=2)"
+    assert t["ce"]["Synthetic A→V (authors) †"] == "51.00 ± 1.41 (n=2)"
+    assert t["teacher"]["Synthetic A→V (authors) †"] == "81.00 ± 1.41 (n=2)"
+    assert "selected on the TEST split" in text
+    # one protocol alone: no protocol in the column names, no dagger
+    t1 = _table(report.main([clean]), "unpaired=easy · subsample=1 · backbone=resnet18")
+    assert list(t1["ce"]) == ["Synthetic A→V"]
