@@ -50,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``ucmkd_jax`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.step_bench import FULL, SMALL, _configure_env, _dims  # noqa: E402
+from benchmarks.step_bench import FULL, SMALL, _configure_env, _dims, shape_parser  # noqa: E402
 
 CATEGORIES = ("stem_conv", "stem_bn_relu", "max_pool", "body_conv", "body_bn_relu")
 OPS = ("stem_conv", "stem_bn_relu", "max_pool", "conv3x3", "conv3x3_s2", "conv1x1_s2", "bn_relu", "sinkhorn")
@@ -254,14 +254,21 @@ def _timer(fn: Callable, sync: Callable) -> Callable[[], float]:
     return run
 
 
-def time_interleaved(runs: Dict[str, Callable[[], float]], reps: int, warmup: int) -> Dict[str, float]:
-    """Median ms of each thunk, the thunks called in turn (a, b, c, a, b, c, ...)."""
+def time_interleaved(runs: Dict[str, Callable[[], float]], reps: int, warmup: int,
+                     prime: bool = True) -> Dict[str, float]:
+    """Median ms of each thunk, the thunks called in turn (a, b, c, a, b, c, ...). ``prime``: each
+    timed call right after one untimed call of the same thunk. Without it, on a loaded machine,
+    the first JAX call after the torch ones paid 5-10 ms for waking XLA:CPU's sleeping worker
+    threads (a forward timed slower than its own forward + backward; 2026-12-01, load average
+    about 7 on 2 cores), a cost a step, one executable, does not pay per op."""
     for _ in range(warmup):
         for r in runs.values():
             r()
     times: Dict[str, List[float]] = {k: [] for k in runs}
     for _ in range(reps):
         for k, r in runs.items():
+            if prime:
+                r()
             times[k].append(r())
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
@@ -399,12 +406,7 @@ def format_summary(records: List[dict], stem_impl: str, pool_impl: str, conv_imp
 
 # ---------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help=f"step_bench's small shapes (a 2-core CPU): {SMALL}")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--audio-hw", type=lambda s: _dims(s, 2))
+    p = shape_parser(__doc__)
     p.add_argument("--video-thw", type=lambda s: _dims(s, 3))
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {OPS}")

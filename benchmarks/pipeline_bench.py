@@ -53,8 +53,10 @@ def _frame(rng: np.random.Generator, h: int = 256, w: int = 341) -> bytes:
     return buf.getvalue()
 
 
-def write_synthetic_shards(out: Path, clips: int, frames: int, train_fraction: float, seed: int = 0) -> dict:
-    """``clips`` synthetic CREMA-D clips through the TFDS builder; returns sizes."""
+def write_synthetic_shards(out: Path, clips: int, frames: int, train_fraction: float, seed: int = 0,
+                           frame_hw: tuple = (256, 341)) -> dict:
+    """``clips`` synthetic CREMA-D clips through the TFDS builder; returns sizes. ``frame_hw``: the
+    stored JPEG frames' (height, width) (CREMA-D's, shorter side 256, by default)."""
     import tensorflow_datasets as tfds
 
     from data_prep import clips as clips_lib
@@ -64,7 +66,7 @@ def write_synthetic_shards(out: Path, clips: int, frames: int, train_fraction: f
 
     rng = np.random.default_rng(seed)
     cache = out / "_cache"
-    base = [_frame(rng) for _ in range(16)]  # reused across clips: generating JPEGs is not what is timed
+    base = [_frame(rng, *frame_hw) for _ in range(16)]  # reused across clips: generating JPEGs is not what is timed
     tasks, jpeg_bytes = [], 0
     n_train = int(round(train_fraction * clips))
     n_val = (clips - n_train) // 2

@@ -25,7 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from ucmkd_jax.config import get_preset  # noqa: E402
 from ucmkd_jax.data import make_synthetic  # noqa: E402

@@ -129,6 +129,17 @@ def _dims(text: str, n: int) -> tuple:
     return parts
 
 
+def shape_parser(doc: str, audio_help: Optional[str] = None) -> argparse.ArgumentParser:
+    """A parser with the shape flags the per-op and epoch benchmarks share with this one:
+    --small, --batch, --width, --audio-hw."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help=f"step_bench's small shapes (a 2-core CPU): {SMALL}")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--audio-hw", type=lambda s: _dims(s, 2), help=audio_help)
+    return p
+
+
 def _percentile(xs: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile, q in [0, 100]."""
     s = sorted(xs)

@@ -10,7 +10,7 @@ Max-pool (``max_pool``)
 Forward: ``lax.reduce_window(max)`` with -inf padding, the very primitive ``flax.linen.max_pool``
 uses, so the output is bitwise the reference's. Derivative: the reference's JVP is
 ``select_and_gather_add`` and its VJP ``select_and_scatter_add``, a scatter (the GPU profile's
-``input_scatter_fusion``). Here the JVP is written out instead (``jax.custom_jvp``): with
+``input_scatter_fusion``). Here the derivative is written out instead (``jax.custom_vjp``): with
 :math:`x_p` the input padded by -inf and :math:`V_k(x_p)`, :math:`k = (d_y, d_x)` in row-major
 order over the window, the strided view
 
@@ -23,12 +23,13 @@ the output is :math:`y = \max_k V_k(x_p)`, and where the window's maximum is att
    \text{ not a padding position})
 
 (exactly one :math:`F_k` is true per output element: the FIRST maximum in row-major window order),
-the tangent is :math:`\partial y = \sum_k F_k \odot V_k(\partial x_p)`. That map is linear in
-:math:`\partial x`, and JAX transposes it term by term: a strided slice transposes to a pad with
-interior (dilation) padding, so the cotangent of ``x`` is
-:math:`\sum_k \mathrm{pad}_k(F_k \odot \bar y)`, nine dense, fusable pads and adds: no scatter.
-Forward-mode (``jax.linearize``, the forward-over-reverse HVPs) and second-order derivatives work
-as for any JAX function (the masks are piecewise constant: their derivative is zero).
+the tangent is :math:`\partial y = \sum_k F_k \odot V_k(\partial x_p)`, and the cotangent of
+``x`` its transpose, :math:`\sum_k V_k^T(F_k \odot \bar y)`. The forward pass keeps the index of
+the first maximum (``_first_max_index``, int8); the backward pass (``_route_cotangent``) adds
+the masked cotangents phase by phase (dense pads and adds, one concatenation): no scatter. The
+backward pass is itself plain JAX, so ``jax.grad`` of a gradient and ``jax.linearize`` of one (the
+forward-over-reverse HVPs) work (tested against the reference); ``jax.jvp`` of the pool alone does
+not (a ``custom_vjp``).
 
 Where the window's maximum is unique this is the derivative of the reference, so the gradient
 equals ``jax.grad`` of ``flax.linen.max_pool`` (tested). Where it is attained several times (ties),
@@ -77,10 +78,14 @@ POOL_IMPLS = ("auto", "reduce_window", "masked")
 CONV_IMPLS = ("auto", "conv", "patches_when_small")
 STEM_IMPLS = ("auto", "conv", "conv_pad8", "space_to_depth", "space_to_depth_pad8", "space_to_depth_fwd")
 # What "auto" means per platform (jax.default_backend()), from measurements (benchmarks/NOTES.md,
-# "Performance II"). A platform not listed gets the plain ops.
+# "Performance II", the op_bench tables: on the CPU the masked pool's forward + backward was 3-6x
+# faster than reduce_window's; the space-to-depth forward with the plain convolution's gradients
+# was never slower than the plain stem, while space_to_depth differentiated as such was slower on
+# the 3-channel video stem; patches_when_small was 7-17x faster on the maps below the kernel and
+# is the plain convolution elsewhere). A platform not listed (no GPU measurement yet) gets the plain ops.
 AUTO = {
     "pool": {"cpu": "masked"},
-    "stem": {"cpu": "space_to_depth"},
+    "stem": {"cpu": "space_to_depth_fwd"},
     "conv": {"cpu": "patches_when_small"},
 }
 
