@@ -1,41 +1,61 @@
-"""Eager PyTorch reference of one training step, modelled on the authors' release.
+"""Eager PyTorch replica of one training step of the authors' release (``--protocol authors``).
 
-This is the yardstick of ``step_bench.py --vs-torch``: the same per-step work as the compiled
-JAX step, written in the eager style of the authors' PyTorch release, so that the speed ratio is
-honest. It is a timing reference: a test that it computes the release's numbers step for step (on
-identical weights) does not exist yet, so do not read its values as the release's (docs/protocol.md
-lists the rows where the release differs).
+Two uses: the yardstick of ``step_bench.py --vs-torch`` (the same per-step work as the compiled JAX
+step, in the eager style of the release, so the speed ratio is honest), and the reference side of
+``tests/test_release_parity.py``, which loads IDENTICAL weights into this replica and into the JAX
+model (``ucmkd_jax.models.torch_resnet_variables``) and checks, in float64, that one step of each
+method below gives the same parameter update, loss and BatchNorm statistics as the compiled JAX step
+under ``--protocol authors`` (docs/protocol.md lists what ``clean`` changes).
 
-* Backbone: a plain ``torch.nn`` ResNet-18 (torchvision's layout: 7x7/2 stem + 3x3/2 max-pool,
-  basic blocks, ``width * 2**k`` channels), 1 input channel for audio spectrograms
-  ``(B, 1, H, W)``; video clips ``(B, 3, T, H, W)`` have their frames folded into the batch,
-  and the pooled feature is the mean over frames and space (``adaptive_avg_pool3d``), as in
-  the OGM-GE-style backbone the authors build on. torchvision itself is not used (it is not
+Each step follows the release's training function of ``cremad/utils/helper.py`` (Duckduck-05/UCMKD at
+2658b06) statement by statement; only the data plumbing differs (a prepared batch instead of a loader,
+the outer optimiser and its schedulers built in ``make_step``):
+
+* Backbone (``TorchModel``): a ResNet in torchvision's layout and parameter names (``conv1``, ``bn1``,
+  ``maxpool``, ``layer1..4`` of basic blocks with ``downsample``, ``fc``), the release's
+  ``model_res.py`` ResNet-18 (7x7/2 stem + 3x3/2 max-pool, ``width * 2**k`` channels; ``stem="small"``
+  is this project's 3x3 stem). Audio spectrograms are ``(B, 1, H, W)``; video clips ``(B, 3, T, H, W)``
+  have their frames folded into the batch and the pooled feature is the mean over frames and space
+  (``adaptive_avg_pool3d``, as the release's ``_ResNetImageNet``). ``forward_encoder`` /
+  ``forward_head`` / ``fc`` are the release's interface. torchvision itself is not used (it is not
   installable beside the pinned torch here).
-* BatchNorm stays in training mode for the student throughout (the authors' baselines fall
-  into eval mode after their first evaluation by accident; that is not copied). The teacher
-  is frozen: eval-mode BatchNorm, no gradient.
-* ``ce``: CE backward, clip to norm 5, SGD(momentum 0.9) step.
-* ``feature_kd``: CE + lambda FA, FA = POT's ``ot.sinkhorn2`` (100 iterations, reg 0.1,
-  cosine cost 1 - cos between the student and teacher feature clouds, uniform weights),
-  one backward on the sum (POT's loop is differentiated by autograd, with its host-side
-  convergence checks).
-* ``sumall``: CE + FA + LA jointly, LA on the features themselves (its gradient reaches the
-  encoder through log p_S and log p_T; kappa is a constant), as the release's ``sumall``.
-* ``ucmkd`` (first-order, the authors' bilevel step): deep-copy the student, build a fresh
-  AdamW(lr 1e-5, wd 0.05) on the copy; FA inner step (forward, sinkhorn2, backward, AdamW
-  step); LA inner step on detached features (second forward, head only); CE forward and
-  backward on the copy; copy the gradients back to the original student, clip to norm 5,
-  SGD step; copy the copy's BatchNorm buffers back.
-* ``vanilla_kd``: (1 - alpha) CE + alpha T^2 KL on paired batches (T = 4, alpha = 0.9).
+* Outer optimiser (``make_step``): SGD, momentum 0.9, over the student's parameters, with the release's
+  ``LinearLR(start_factor=min_lr / lr, total_iters=warmup)`` then ``CosineAnnealingLR(T_max=epochs -
+  warmup, eta_min=min_lr)`` in a ``SequentialLR``, stepped once per EPOCH (``step.end_epoch()``): the
+  learning rate is exactly ``min_lr`` through the first epoch. Every step clips with
+  ``clip_grad_norm_(max_norm=5)``.
+* BatchNorm: ``make_step`` calls ``student.train()`` once, as the release's training functions do
+  before their epoch loop; the steps never call it again. The release's ``evaluate()`` calls
+  ``net.eval()`` after every epoch, so its single-level baselines train with frozen running statistics
+  from the second epoch on (docs/protocol.md, row 6): call ``student.eval()`` between epochs to
+  reproduce that. The bilevel step calls ``.train()`` on its copy every step. The teacher is frozen:
+  ``eval()``, ``requires_grad=False``.
+* ``ce`` (``train_network_distill_unpair_ce``): CE backward, clip, SGD step.
+* ``feature_kd`` (``_fea``): CE + fa_weight FA, FA = ``ot.sinkhorn2(a, b, clamp(M, 0), reg=0.1,
+  numItermax=100)`` with ``M = 1 - cos`` between the student's and the teacher's pooled features
+  (``pairwise_ot_cost``, ``metric="cosine"``), uniform weights; autograd through POT's loop.
+* ``sumall`` (``_sumall``): CE + fa_weight FA + la_weight LA, LA = ``nll_loss(log p_S - kappa log p_T,
+  y)`` with p_T the teacher's head ``fc`` on the student's features, NOT detached (its gradient reaches
+  the encoder through log p_S and log p_T), kappa = p_T detached.
+* ``vanilla_kd`` (``_vanillaKD``): (1 - alpha) CE + alpha T^2 KL(softmax(t / T) || softmax(s / T))
+  (``KLDivLoss(reduction="batchmean")``) on the teacher's logits of the paired batch, T = 4, alpha = 0.9.
+* ``ucmkd`` (``_bilevel``, first order): ``net_tmp = deepcopy(net)``, ``net_tmp.train()``, ONE
+  ``AdamW(net_tmp.parameters(), lr=inner_lr, weight_decay=inner_wd)`` (eps 1e-8) for the outer step;
+  n1 FA steps (a full forward of the copy, FA on its features, backward, AdamW step: the head gets no
+  gradient and so no step), n2 LA steps (``forward_encoder``, features detached, LA = mean(CE(p') -
+  kappa CE(p_T)) with kappa = p_T(y) and the teacher's head under ``no_grad``, backward, AdamW step:
+  only the head moves), the inner losses unweighted; the outer CE on a third forward of the copy,
+  its gradients copied to the student (where not None), ``clip_grad_norm_(max_norm=5)``, the outer
+  SGD step, and the copy's buffers (BatchNorm running statistics) copied back: three running-average
+  updates a step.
 * ``teacher_fwd``: the frozen teacher's forward alone (a floor for the other methods).
 * ViTs (``TorchCase(vit=...)``, ``step_bench.py --arch vit_b_to_s``): the release's torchvision
   (images) and timm (spectrograms) ViTs of ``benchmarks/torch_vit.py`` instead of the ResNet-18s,
   the same steps.
 
-Mixed precision (``dtype="bfloat16"``) uses ``torch.autocast`` for the networks; the cost
-matrix and Sinkhorn always run in float32. On CUDA, PyTorch's defaults are kept (TF32
-convolutions, no cudnn.benchmark), as in the authors' code.
+Mixed precision (``dtype="bfloat16"``) uses ``torch.autocast`` for the networks; the cost matrix and
+Sinkhorn run in float32 (float64 stays float64: ``model.double()`` gives a float64 replica). On CUDA,
+PyTorch's defaults are kept (TF32 convolutions, no cudnn.benchmark), as in the authors' code.
 """
 from __future__ import annotations
 
@@ -50,18 +70,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ResNetEncoder", "TorchModel", "TorchConfig", "TorchCase", "build_model", "make_step", "make_batch",
-           "time_step", "run_case", "METHODS"]
+__all__ = ["TorchModel", "TorchConfig", "TorchCase", "build_model", "make_step", "make_batch", "time_step",
+           "run_case", "torch_config", "METHODS"]
 
 METHODS = ("ce", "feature_kd", "sumall", "ucmkd", "vanilla_kd", "teacher_fwd")
 
 
 # ---------------------------------------------------------------------------- backbone
 class BasicBlock(nn.Module):
+    """torchvision's basic block: conv1, bn1, conv2, bn2, optional downsample (1x1 conv, BN)."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = None
@@ -69,36 +92,50 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + identity)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
 
 
-class ResNetEncoder(nn.Module):
-    """ResNet-18 trunk: (N, C, H, W) -> (N, 8 * width, h, w) feature maps (pooling is the model's)."""
+class TorchModel(nn.Module):
+    """A ResNet classifier of one modality in torchvision's layout (its ``state_dict`` converts with
+    ``ucmkd_jax.models.torch_resnet_variables``) with the release's interface.
 
-    def __init__(self, in_channels: int, width: int = 64, stages: Sequence[int] = (2, 2, 2, 2),
-                 stem: str = "imagenet"):
+    audio: x (B, 1, H, W); video: x (B, 3, T, H, W), frames folded into the batch, features averaged
+    over frames and space. ``forward(x)`` returns the logits; ``forward_encoder(x)`` the pooled feature
+    (B, 8 * width); ``forward_head(z)`` and ``fc(z)`` (the release's teacher head) the logits of a
+    feature; ``encode`` and ``head`` are the same two (the interface ``TorchViTModel`` shares).
+    """
+
+    def __init__(self, modality: str, num_classes: int, width: int = 64, stem: str = "imagenet",
+                 stages: Sequence[int] = (2, 2, 2, 2)):
         super().__init__()
-        if stem == "imagenet":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        elif stem == "small":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                                      nn.ReLU(inplace=True))
-        else:
+        if modality not in ("audio", "video"):
+            raise ValueError(f"unknown modality {modality!r}; expected 'audio' or 'video'")
+        if stem not in ("imagenet", "small"):
             raise ValueError(f"unknown stem {stem!r}; expected 'imagenet' or 'small'")
-        layers, cin = [], width
+        self.modality = modality
+        cin = 1 if modality == "audio" else 3
+        k, s, p = (7, 2, 3) if stem == "imagenet" else (3, 1, 1)
+        self.conv1 = nn.Conv2d(cin, width, k, s, p, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
+        c = width
         for i, n in enumerate(stages):
             cout = width * 2**i
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1))
-                cin = cout
-            layers.append(nn.Sequential(*blocks))
-        self.layers = nn.Sequential(*layers)
-        self.out_dim = cin
+                blocks.append(BasicBlock(c, cout, 2 if (i > 0 and j == 0) else 1))
+                c = cout
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.n_stages = len(stages)
+        self.out_dim = c
+        self.fc = nn.Linear(c, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -106,42 +143,38 @@ class ResNetEncoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):
-        return self.layers(self.stem(x))
+    def _trunk(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(self.n_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
 
-
-class TorchModel(nn.Module):
-    """Encoder + linear head for one modality.
-
-    audio: x (B, 1, H, W); video: x (B, 3, T, H, W), frames folded into the batch, features
-    averaged over frames and space.
-    """
-
-    def __init__(self, modality: str, num_classes: int, width: int = 64, stem: str = "imagenet"):
-        super().__init__()
-        if modality not in ("audio", "video"):
-            raise ValueError(f"unknown modality {modality!r}; expected 'audio' or 'video'")
-        self.modality = modality
-        self.encoder = ResNetEncoder(1 if modality == "audio" else 3, width, stem=stem)
-        self.head = nn.Linear(self.encoder.out_dim, num_classes)
-
-    def encode(self, x):
+    def forward_encoder(self, x):
         if self.modality == "video":
             b, c, t, h, w = x.shape
             frames = x.permute(0, 2, 1, 3, 4).contiguous().view(b * t, c, h, w)
-            v = self.encoder(frames)
+            v = self._trunk(frames)
             _, cc, hh, ww = v.shape
-            v = v.view(b, t, cc, hh, ww).permute(0, 2, 1, 3, 4)
+            v = v.view(b, t, cc, hh, ww).permute(0, 2, 1, 3, 4)  # (B, C, T, H', W')
             return torch.flatten(F.adaptive_avg_pool3d(v, 1), 1)
-        return torch.flatten(F.adaptive_avg_pool2d(self.encoder(x), 1), 1)
+        return torch.flatten(F.adaptive_avg_pool2d(self._trunk(x), 1), 1)
+
+    def forward_head(self, z):
+        return self.fc(z)
+
+    encode = forward_encoder
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.fc
 
     def forward(self, x):
-        return self.head(self.encode(x))
+        return self.fc(self.forward_encoder(x))
 
 
 def build_model(modality: str, num_classes: int, width: int = 64, stem: str = "imagenet",
-                device: str | torch.device = "cpu") -> TorchModel:
-    return TorchModel(modality, num_classes, width, stem).to(device)
+                device: str | torch.device = "cpu", stages: Sequence[int] = (2, 2, 2, 2)) -> TorchModel:
+    return TorchModel(modality, num_classes, width, stem, stages).to(device)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -154,56 +187,108 @@ def _pot():
     return ot
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32 (float64 stays float64)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def cosine_cost(z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
-    """C[i, j] = 1 - cos(z_s[i], z_t[j]), float32."""
-    return 1.0 - F.normalize(z_s.float(), dim=1) @ F.normalize(z_t.float(), dim=1).t()
+    """The release's ``pairwise_ot_cost(metric="cosine")``: M[i, j] = 1 - <z_s_i / |z_s_i|, z_t_j / |z_t_j|>."""
+    stu = F.normalize(_f32(z_s), p=2, dim=1)
+    tea = F.normalize(_f32(z_t), p=2, dim=1)
+    return 1.0 - stu @ tea.T
 
 
 def feature_alignment(z_s: torch.Tensor, z_t: torch.Tensor, reg: float = 0.1, iters: int = 100) -> torch.Tensor:
-    """POT's entropic OT loss ``ot.sinkhorn2`` on the cosine cost, uniform weights."""
+    """The release's FA: ``ot.sinkhorn2(a, b, clamp(M, 0), reg, numItermax=iters)`` on the cosine cost,
+    uniform weights (in M's dtype: the release's default-dtype ones are the same numbers in float32),
+    POT's default stop threshold; differentiated by autograd through POT's loop."""
     ot = _pot()
-    m = cosine_cost(z_s, z_t)
-    a = torch.full((m.shape[0],), 1.0 / m.shape[0], device=m.device, dtype=m.dtype)
-    b = torch.full((m.shape[1],), 1.0 / m.shape[1], device=m.device, dtype=m.dtype)
-    return ot.sinkhorn2(a, b, m, reg, numItermax=iters)
+    m = torch.clamp(cosine_cost(z_s, z_t), min=0.0)
+    n = z_s.size(0)
+    a = torch.ones(n, device=m.device, dtype=m.dtype) / n
+    b = torch.ones(n, device=m.device, dtype=m.dtype) / n  # the release sizes both by the student batch
+    return torch.mean(ot.sinkhorn2(a, b, m, reg=reg, numItermax=iters))
 
 
 def label_alignment(student_logits, teacher_logits, y):
-    """mean_i[-log p_S(y_i|z_i) + kappa_i log p_T(y_i|z_i)], kappa_i = p_T(y_i|z_i) detached."""
-    log_ps = F.log_softmax(student_logits.float(), dim=1).gather(1, y[:, None])[:, 0]
-    log_pt = F.log_softmax(teacher_logits.float(), dim=1).gather(1, y[:, None])[:, 0]
-    kappa = log_pt.exp().detach()
-    return torch.mean(-log_ps + kappa * log_pt)
+    """The release's sumall LA: ``nll_loss(log p_S - kappa log p_T, y)`` = mean_i[-log p_S(y_i|z_i) +
+    kappa_i log p_T(y_i|z_i)], kappa = p_T detached."""
+    log_probs_s = F.log_softmax(_f32(student_logits), dim=-1)
+    log_probs_t = F.log_softmax(_f32(teacher_logits), dim=-1)
+    kappa = F.softmax(_f32(teacher_logits), dim=-1).detach()
+    return F.nll_loss(log_probs_s - kappa * log_probs_t, y)
 
 
 def hinton_kd(s_logits, t_logits, y, temperature: float = 4.0, alpha: float = 0.9):
-    t = t_logits.detach().float() / temperature
-    s = s_logits.float() / temperature
-    kl = F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), reduction="batchmean", log_target=True)
-    return (1 - alpha) * F.cross_entropy(s_logits.float(), y) + alpha * temperature**2 * kl
+    """The release's vanilla KD: (1 - alpha) CE + alpha T^2 KLDivLoss(batchmean)(log_softmax(s / T),
+    softmax(t / T))."""
+    ce = F.cross_entropy(_f32(s_logits), y)
+    soft_student = F.log_softmax(_f32(s_logits) / temperature, dim=-1)
+    soft_teacher = F.softmax(_f32(t_logits).detach() / temperature, dim=-1)
+    kd = F.kl_div(soft_student, soft_teacher, reduction="batchmean") * (temperature * temperature)
+    return (1.0 - alpha) * ce + alpha * kd
 
 
 # ---------------------------------------------------------------------------- steps
 @dataclasses.dataclass(frozen=True)
 class TorchConfig:
+    """The release's arguments (``main_overlap_tag.py`` defaults): lr, min_lr, warmup_epoch,
+    num_epochs (the outer SGD and its per-epoch schedule), max_norm, fa_weight, la_weight (feature
+    KD and sumall only), inner_lr, inner_wd, n1, n2 (the bilevel step), ot_reg, ot_iter, kd_temp,
+    kd_alpha; dtype "float32" or "bfloat16" (autocast; a float64 model runs in float64)."""
+
     lr: float = 1e-2
+    min_lr: float = 1e-5
+    warmup_epochs: int = 5
+    epochs: int = 100
     momentum: float = 0.9
     clip_norm: float = 5.0
     lambda_fa: float = 1.0
     lambda_la: float = 1.0
     inner_lr: float = 1e-5
     inner_weight_decay: float = 0.05
+    n1: int = 1
+    n2: int = 1
     sinkhorn_reg: float = 0.1
     sinkhorn_iters: int = 100
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
     dtype: str = "float32"  # or "bfloat16" (autocast)
 
 
-def make_step(method: str, student: TorchModel, teacher: Optional[TorchModel],
+def torch_config(method_config, optim_config, epochs: int, dtype: str = "float32") -> TorchConfig:
+    """The ``TorchConfig`` of a JAX run's ``MethodConfig`` and ``OptimConfig`` (the fields the
+    release has; read by attribute, so nothing of ucmkd_jax is imported here)."""
+    return TorchConfig(lr=optim_config.lr, min_lr=optim_config.init_lr,
+                       warmup_epochs=int(round(optim_config.warmup_epochs)), epochs=epochs, momentum=optim_config.momentum, clip_norm=optim_config.clip_norm,
+                       lambda_fa=method_config.lambda_fa, lambda_la=method_config.lambda_la,
+                       inner_lr=method_config.inner_lr, inner_weight_decay=method_config.inner_weight_decay,
+                       n1=method_config.n1, n2=method_config.n2, sinkhorn_reg=method_config.fa.epsilon,
+                       sinkhorn_iters=method_config.fa.num_iterations, kd_temperature=method_config.kd_temperature,
+                       kd_alpha=method_config.kd_alpha, dtype=dtype)
+
+
+def _outer_optimizer(student: nn.Module, config: TorchConfig):
+    """SGD(momentum 0.9) with the release's LinearLR warm-up and cosine, stepped per epoch."""
+    optimizer = torch.optim.SGD(list(student.parameters()), lr=config.lr, momentum=config.momentum)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=config.min_lr / config.lr, end_factor=1.0,
+                                               total_iters=config.warmup_epochs)
+    main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs - config.warmup_epochs,
+                                                      eta_min=config.min_lr)
+    schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers=[warmup, main],
+                                                     milestones=[config.warmup_epochs])
+    return optimizer, schedule
+
+
+def make_step(method: str, student: nn.Module, teacher: Optional[nn.Module],
               config: TorchConfig = TorchConfig()) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
-    """Returns ``step(batch) -> loss`` (a detached tensor; no host sync of its own).
+    """Returns ``step(batch) -> loss`` (a detached tensor; no host sync of its own), the loss the
+    release accumulates (ce: CE; feature_kd, sumall, vanilla_kd: the total; ucmkd: the outer CE).
 
     batch: {"x_s", "y_s" (int64), "x_t"} in torch layout (see ``make_batch``).
-    The student is updated in place; its SGD state lives in the closure.
+    The student is updated in place; its optimiser lives in the closure (``step.optimizer``), and
+    ``step.end_epoch()`` steps the per-epoch learning-rate schedule (``lr_scheduler.step()``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown torch method {method!r}; expected one of {METHODS}")
@@ -220,98 +305,112 @@ def make_step(method: str, student: TorchModel, teacher: Optional[TorchModel],
         for p in teacher.parameters():
             p.requires_grad_(False)
     student.train()
-    outer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer, lr_scheduler = _outer_optimizer(student, config)
 
-    def teacher_z(x_t):
-        with torch.no_grad(), autocast():
-            return teacher.encode(x_t).float()
+    def fa_loss(stu_f, tea_f):
+        return feature_alignment(stu_f, tea_f, config.sinkhorn_reg, config.sinkhorn_iters)
 
     def outer_update(loss):
-        outer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), config.clip_norm)
-        outer.step()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm=config.clip_norm)
+        optimizer.step()
+
+    def finish(step):
+        step.optimizer, step.end_epoch = optimizer, lr_scheduler.step
+        return step
 
     if method == "teacher_fwd":
         def step(batch):
-            return teacher_z(batch["x_t"]).sum()
-        return step
-
-    if method == "ce":
-        def step(batch):
-            with autocast():
-                logits = student(batch["x_s"])
-            loss = F.cross_entropy(logits.float(), batch["y_s"])
-            outer_update(loss)
-            return loss.detach()
-        return step
-
-    if method == "vanilla_kd":
-        def step(batch):
             with torch.no_grad(), autocast():
-                t_logits = teacher(batch["x_t"])
-            with autocast():
-                logits = student(batch["x_s"])
-            loss = hinton_kd(logits, t_logits, batch["y_s"])
-            outer_update(loss)
-            return loss.detach()
-        return step
+                return _f32(teacher.encode(batch["x_t"])).sum()
+        return finish(step)
 
-    if method in ("feature_kd", "sumall"):
+    if method == "ce":  # train_network_distill_unpair_ce
         def step(batch):
-            z_t = teacher_z(batch["x_t"])
-            y = batch["y_s"]
             with autocast():
-                z = student.encode(batch["x_s"])
-                logits = student.head(z)
-            loss = F.cross_entropy(logits.float(), y)
-            loss = loss + config.lambda_fa * feature_alignment(z, z_t, config.sinkhorn_reg, config.sinkhorn_iters)
-            if method == "sumall":
-                zf = z.float()
-                loss = loss + config.lambda_la * label_alignment(logits.float(), teacher.head(zf), y)
+                outputs_final = student(batch["x_s"])
+            optimizer.zero_grad()
+            loss = F.cross_entropy(_f32(outputs_final), batch["y_s"])
             outer_update(loss)
             return loss.detach()
-        return step
+        return finish(step)
 
-    # method == "ucmkd": the authors' first-order bilevel step.
+    if method == "vanilla_kd":  # train_network_distill_unpair_vanillaKD (paired batches)
+        def step(batch):
+            with autocast():
+                outputs_final = student(batch["x_s"])
+                tea_final = teacher(batch["x_t"])
+            optimizer.zero_grad()
+            loss = hinton_kd(outputs_final, tea_final, batch["y_s"], config.kd_temperature, config.kd_alpha)
+            outer_update(loss)
+            return loss.detach()
+        return finish(step)
+
+    if method in ("feature_kd", "sumall"):  # train_network_distill_unpair_fea / _sumall
+        def step(batch):
+            labels = batch["y_s"]
+            with autocast():
+                stu_f = student.encode(batch["x_s"])
+                outputs = student.head(stu_f)
+                tea_f = teacher.encode(batch["x_t"])
+            optimizer.zero_grad()
+            ce_loss = F.cross_entropy(_f32(outputs), labels, reduction="none")
+            loss = ce_loss.mean() + config.lambda_fa * fa_loss(stu_f, tea_f)
+            if method == "sumall":  # LA on the features themselves (not detached)
+                stu_latent_2_tea = teacher.head(_f32(stu_f))
+                loss = loss + config.lambda_la * label_alignment(outputs, stu_latent_2_tea, labels)
+            outer_update(loss)
+            return loss.detach()
+        return finish(step)
+
+    # method == "ucmkd": train_network_distill_unpair_bilevel, the first-order bilevel step.
     def step(batch):
-        x_s, y = batch["x_s"], batch["y_s"]
-        z_t = teacher_z(batch["x_t"])
-        fast = copy.deepcopy(student)
-        fast.train()
-        inner = torch.optim.AdamW(fast.parameters(), lr=config.inner_lr, weight_decay=config.inner_weight_decay)
-        # Stage 1: feature alignment on the copy.
+        x_s, labels, x_t = batch["x_s"], batch["y_s"], batch["x_t"]
+        net_tmp = copy.deepcopy(student)
+        net_tmp.train()
+        optimizer_tmp = torch.optim.AdamW(list(net_tmp.parameters()), lr=config.inner_lr,
+                                          weight_decay=config.inner_weight_decay)
+        fa = la = None
+        for _ in range(config.n1):  # feature alignment: only the encoder receives a gradient
+            optimizer_tmp.zero_grad()
+            with autocast():
+                stu_f_tmp = net_tmp.encode(x_s)
+                net_tmp.head(stu_f_tmp)  # the release's full forward net_tmp(x): the logits go unused
+                tea_f = teacher.encode(x_t)
+            fa = fa_loss(stu_f_tmp, tea_f)
+            fa.backward()
+            optimizer_tmp.step()
+        for _ in range(config.n2):  # label alignment on detached features: only the head moves
+            optimizer_tmp.zero_grad()
+            with autocast():
+                stu_f_tmp = net_tmp.encode(x_s)
+            stu_f_fixed = _f32(stu_f_tmp.detach())
+            outputs_tmp = net_tmp.head(stu_f_fixed)
+            with torch.no_grad():
+                stu_latent_2_tea = teacher.head(_f32(stu_f_tmp))
+            cross_entropy = torch.nn.CrossEntropyLoss(reduction="none")
+            probs_t = F.softmax(stu_latent_2_tea, dim=-1)
+            kappa = probs_t.gather(dim=1, index=labels.unsqueeze(1)).squeeze(1)
+            la = (cross_entropy(outputs_tmp, labels) - kappa * cross_entropy(stu_latent_2_tea, labels)).mean()
+            la.backward()
+            optimizer_tmp.step()
         with autocast():
-            z = fast.encode(x_s)
-        fa = config.lambda_fa * feature_alignment(z, z_t, config.sinkhorn_reg, config.sinkhorn_iters)
-        inner.zero_grad()
-        fa.backward()
-        inner.step()
-        # Stage 2: label alignment on detached features (only the head moves).
-        with autocast():
-            zd = fast.encode(x_s).detach()
-        zd = zd.float()
-        la = config.lambda_la * label_alignment(fast.head(zd), teacher.head(zd), y)
-        inner.zero_grad()
-        la.backward()
-        inner.step()
-        # Outer loss on the adapted copy; its gradient is applied to the original.
-        with autocast():
-            logits = fast(x_s)
-        loss = F.cross_entropy(logits.float(), y)
-        fast.zero_grad()
-        loss.backward()
-        outer.zero_grad()
-        for p, q in zip(student.parameters(), fast.parameters()):
-            p.grad = None if q.grad is None else q.grad.detach().clone()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), config.clip_norm)
-        outer.step()
-        with torch.no_grad():
-            for b, c in zip(student.buffers(), fast.buffers()):
-                b.copy_(c)
-        return loss.detach()
+            outputs_final_tmp = net_tmp(x_s)
+        ce_loss = F.cross_entropy(_f32(outputs_final_tmp), labels)
+        net_tmp.zero_grad()
+        ce_loss.backward()
+        optimizer.zero_grad()
+        for real_param, tmp_param in zip(student.parameters(), net_tmp.parameters()):
+            if tmp_param.grad is not None:
+                real_param.grad = tmp_param.grad.clone()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm=config.clip_norm)
+        optimizer.step()
+        with torch.no_grad():  # the adapted copy's running statistics
+            for real_buffer, tmp_buffer in zip(student.buffers(), net_tmp.buffers()):
+                real_buffer.data.copy_(tmp_buffer.data)
+        return ce_loss.detach()
 
-    return step
+    return finish(step)
 
 
 # ---------------------------------------------------------------------------- data, timing

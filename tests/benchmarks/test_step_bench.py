@@ -140,7 +140,7 @@ def test_torch_reference_ucmkd_step_updates_student():
     assert math.isfinite(float(loss))
     # The outer SGD step moved the original student, and it took the copy's BatchNorm statistics.
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
-    bn = student.encoder.stem[1]
+    bn = student.bn1
     assert int(bn.num_batches_tracked) == 3  # FA, LA and outer forward passes of the copy
     assert float(bn.running_mean.abs().sum()) > 0
     for method in ("feature_kd", "sumall", "vanilla_kd", "teacher_fwd"):
