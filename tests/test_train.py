@@ -213,9 +213,9 @@ def test_the_frozen_step_leaves_the_running_averages_and_descends_the_inference_
     batch = {"x_s": audio.train.x[:16], "y_s": audio.train.y[:16]}
     import jax.numpy as jnp
     stats0 = jax.tree.map(np.asarray, state.batch_stats)
-    grad = jax.grad(lambda p: cross_entropy(teacher.apply({"params": p, "batch_stats": tv["batch_stats"]},
+    grad = jax.jit(jax.grad(lambda p: cross_entropy(teacher.apply({"params": p, "batch_stats": tv["batch_stats"]},
                                                           jnp.asarray(batch["x_s"]), train=False)[0],
-                                            jnp.asarray(batch["y_s"])))(tv["params"])
+                                            jnp.asarray(batch["y_s"]))))(tv["params"])
     lr = float(step.schedule(0))
     new, _ = step.step(state, {}, jax.tree.map(jnp.asarray, batch))
     for a, b in zip(jax.tree.leaves(new.batch_stats), jax.tree.leaves(stats0)):

@@ -214,11 +214,12 @@ def test_separate_la_and_outer_forwards_update_batchnorm_once_more(tiny_pair):
     runs = {}
     for share in (True, False):
         cfg = MethodConfig(share_la_forward=share, inner_lr=1e-2)
-        runs[share] = get_method("ucmkd").build(student, teacher, cfg)(sv["params"], sv["batch_stats"], tv, batch,
-                                                                        1e-2)
+        runs[share] = jax.jit(get_method("ucmkd").build(student, teacher, cfg))(sv["params"], sv["batch_stats"], tv,
+                                                                                batch, 1e-2)
     for a, b in zip(jax.tree.leaves(runs[True][0]), jax.tree.leaves(runs[False][0])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-    r1 = student.encode(sv["params"]["encoder"], sv["batch_stats"], batch["x_s"], train=True)[1]
+    r1 = jax.jit(lambda e, s, x: student.encode(e, s, x, train=True)[1])(sv["params"]["encoder"], sv["batch_stats"],
+                                                                         batch["x_s"])
     mu = 0.9
     for r_sh, r_sep, r_1 in zip(jax.tree.leaves(runs[True][1]), jax.tree.leaves(runs[False][1]), jax.tree.leaves(r1)):
         np.testing.assert_allclose(np.asarray(r_sep), (1 + mu) * np.asarray(r_sh) - mu * np.asarray(r_1),

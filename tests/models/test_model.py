@@ -25,10 +25,11 @@ def test_unbiased_running_variance_is_torchs_update():
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(count):
-        z_b, new_b = model.encode(v["params"]["encoder"], stats, x, train=True)
-    z_u, new_u = unbiased.encode(v["params"]["encoder"], stats, x, train=True)
+        jax.eval_shape(lambda: model.encode(v["params"]["encoder"], stats, x, train=True))  # positions per layer
+    z_b, new_b = jax.jit(lambda e, s, xx: model.encode(e, s, xx, train=True))(v["params"]["encoder"], stats, x)
+    z_u, new_u = jax.jit(lambda e, s, xx: unbiased.encode(e, s, xx, train=True))(v["params"]["encoder"], stats, x)
     np.testing.assert_array_equal(np.asarray(z_u), np.asarray(z_b))
-    moments = batchnorm_moments(model, v["params"]["encoder"], stats, x)
+    moments = jax.jit(lambda e, s, xx: batchnorm_moments(model, e, s, xx))(v["params"]["encoder"], stats, x)
     assert positions and set(positions) == set(moments)
     for path, n in positions.items():
         node_b, node_u, node_0 = new_b, new_u, stats
