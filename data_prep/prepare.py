@@ -6,7 +6,8 @@
     python data_prep/prepare.py --dataset vggsound --raw-dir RAW --out-dir OUT [--classes N|FILE]
 
 Writes ``OUT/<dataset>/<config>/<version>/`` (TFRecord shards + dataset_info.json; the version is
-``ucmkd_jax.data.spec.SPEC_VERSION``) and
+``ucmkd_jax.data.spec.SPEC_VERSION``; ``config_name``: a non-default ``--short-side`` adds ``_raw``
+for 0 or ``_s<N>``, e.g. ``authors_raw`` for the release's frames) and
 ``prep_report.json`` next to them: clips written per split, and every clip or annotation row
 left out with its reason (counts and ids). Exit status: 0 ok; 2 bad arguments or raw layout;
 3 more than ``--max-bad-fraction`` (default 0.05) of the clips were bad (shards are still
@@ -73,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="VGGSound: N (first N classes, sorted) or a file of class names")
     p.add_argument("--seed", type=int, default=0, help="seed of the split / validation carve-out (default 0)")
     p.add_argument("--short-side", type=int, default=spec.STORED_SHORT_SIDE,
-                   help="resize frames so the shorter side has this many pixels; 0 keeps the decoded size")
+                   help=f"resize frames so the shorter side has this many pixels (default {spec.STORED_SHORT_SIDE}); "
+                        f"0 keeps the decoded size (the release's frames: read with video_crop=center_crop); "
+                        f"a non-default size adds _raw (0) or _s<N> to the config name")
     p.add_argument("--max-bad-fraction", type=float, default=0.05,
                    help="exit 3 if more than this fraction of clips is bad (default 0.05)")
     p.add_argument("--min-split-clips", type=int, default=MIN_SPLIT_CLIPS,
@@ -96,19 +99,27 @@ def build_index(args) -> ds_lib.Index:
 
 
 def config_name(args) -> str:
+    """The config folder (and cache folder) name: the split / channel / classes, ``_seed<S>`` for a
+    non-zero seed, then ``_raw`` (``--short-side 0``) or ``_s<N>`` for a stored frame size other than
+    ``spec.STORED_SHORT_SIDE``: frames of two sizes never share a folder or a feature cache."""
     if args.dataset == "crema_d":
         name = args.split
     elif args.dataset == "ravdess":
         name = args.channel
     elif args.dataset == "ave":
-        return spec.DEFAULT_CONFIGS["ave"]
+        name = spec.DEFAULT_CONFIGS["ave"]
     elif args.classes is None:
         name = spec.DEFAULT_CONFIGS["vggsound"]
     elif str(args.classes).isdigit():
         name = f"classes{int(args.classes)}"
     else:
         name = "classes_" + "".join(c if c.isalnum() else "_" for c in Path(args.classes).stem)
-    return name if args.seed == 0 else f"{name}_seed{args.seed}"
+    if args.seed != 0 and args.dataset != "ave":  # AVE's split is the official one: no seed
+        name = f"{name}_seed{args.seed}"
+    side = getattr(args, "short_side", spec.STORED_SHORT_SIDE)
+    if side != spec.STORED_SHORT_SIDE:
+        name += "_raw" if not side else f"_s{side}"
+    return name
 
 
 def process_all(tasks, cache_dir: Path, workers: int, short_side: Optional[int], quiet: bool = False,
@@ -222,6 +233,9 @@ def _print_summary(report: dict, out=None) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     t0 = time.time()
+    if args.short_side < 0:
+        print(f"error: --short-side must be >= 0 (0 keeps the decoded size), got {args.short_side}", file=sys.stderr)
+        return 2
     try:
         index = build_index(args)
     except (ds_lib.RawLayoutError, ds_lib.SplitListError, FileNotFoundError, ValueError) as e:

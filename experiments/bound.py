@@ -56,8 +56,8 @@ import numpy as np  # noqa: E402
 from experiments import run as run_cli  # noqa: E402
 from ucmkd_jax import bound, cli, results  # noqa: E402
 from ucmkd_jax.config import to_dict  # noqa: E402
-from ucmkd_jax.data import eval_batches, load_dataset, roles  # noqa: E402
-from ucmkd_jax.experiment import expand_directions, run_experiment  # noqa: E402
+from ucmkd_jax.data import eval_batches, roles  # noqa: E402
+from ucmkd_jax.experiment import expand_directions, load_experiment_dataset, run_experiment  # noqa: E402
 from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
 
 DEFAULT_METHODS = "ce,feature_kd,ucmkd"
@@ -245,8 +245,7 @@ def main(argv=None, dataset=None):
         seeds = range(cfg.first_seed, cfg.first_seed + cfg.seeds)
         if any((d, m, s) not in done for d in directions for m in cfg.methods for s in seeds):
             # in memory (no streaming): the bound's pools and test features are arrays
-            dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir,
-                                                                       image_size=cfg.image_size)
+            dataset = dataset if dataset is not None else load_experiment_dataset(cfg, streaming=False)
             for direction in directions:
                 t_data, s_data = roles(dataset, direction)
                 if t_data.test is None or s_data.test is None:

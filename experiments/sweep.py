@@ -41,7 +41,6 @@ import numpy as np  # noqa: E402
 from experiments import run as run_cli  # noqa: E402
 from ucmkd_jax import cli, experiment, results  # noqa: E402  (run_experiment is looked up at call time)
 from ucmkd_jax.config import to_dict  # noqa: E402
-from ucmkd_jax.data import load_dataset  # noqa: E402
 from ucmkd_jax.parallel import maybe_initialize_distributed  # noqa: E402
 
 DEFAULT_LAMBDAS = "0.2,0.4,0.6,0.8,1.0"
@@ -216,7 +215,7 @@ def main(argv=None, dataset=None):
         print(f"sweep of {method}: {len(args.lambdas_fa)} x {len(args.lambdas_la)} cells, "
               f"{len(directions)} direction(s), {cfg.seeds} seed(s); {len(todo)} cell(s) to run -> {out}")
         if todo and dataset is None:
-            dataset = load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming, image_size=cfg.image_size)
+            dataset = experiment.load_experiment_dataset(cfg)
         for k, (a, b) in enumerate(todo):
             key = cell_key(a, b)
             print(f"[{k + 1}/{len(todo)}] lambda_FA={a:g}, lambda_LA={b:g}")

@@ -65,3 +65,14 @@ def test_release_video_frames_follow_the_backbone():
     assert video_frames("release", "resnet18") == "per_frame"  # the CREMA-D release: frames folded, pooled
     assert video_frames("mean_pixels", "resnet18") == "mean_pixels"
     assert apply_protocol(ExperimentConfig(), "authors").model.video_frames == "release"
+
+
+def test_release_video_crop_and_flip_are_protocol_fields_reachable_with_set():
+    authors = apply_protocol(ExperimentConfig(), "authors")
+    assert (authors.video_crop, authors.video_flip) == ("center_crop", "frame")  # docs/protocol.md row 11
+    assert (ExperimentConfig().video_crop, ExperimentConfig().video_flip) == ("resize_crop", "clip")
+    _, cfg = run_cli.parse(["--dataset", "crema_d", "--data-dir", "D", "--set", "video_crop=center_crop",
+                            "--set", "video_flip=frame", "--set", "shard_config=authors_raw"])
+    assert (cfg.video_crop, cfg.video_flip, cfg.shard_config) == ("center_crop", "frame", "authors_raw")
+    with pytest.raises(ConfigError, match="video_crop"):
+        ExperimentConfig(video_crop="resize")

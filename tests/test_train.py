@@ -1,6 +1,7 @@
 """The training loop: model selection on validation, clear errors before compiling."""
 import dataclasses
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -239,3 +240,49 @@ def test_fit_stops_once_the_target_accuracy_is_met(small, cache):
     ds, audio, video, teacher, student, tv, sv = small
     res = fit(teacher, tv, audio.train, audio.val, train_config=TC, progress=False, cache=cache, stop_acc=1e-6)
     assert len(res.history) == 1 and res.best_epoch == 1
+
+
+def test_keep_last_trains_on_the_partial_batch_too(small, cache, monkeypatch):
+    """train.last_batch="keep" (the release's DataLoader): 56 samples at batch 16 are 3 full
+    batches and one of 8, every sample once an epoch; "drop" leaves those 8 out."""
+    import ucmkd_jax.train as train_lib
+    ds, audio, video, teacher, student, tv, sv = small
+    seen = []
+
+    real = train_lib.prefetch_to_device
+
+    def spy(batches, **kw):
+        def counted():
+            for b in batches:
+                seen.append(b["y_s"].shape[0])
+                yield b
+        return real(counted(), **kw)
+
+    monkeypatch.setattr(train_lib, "prefetch_to_device", spy)
+    train = audio.train.subset(np.arange(56))
+    tc = dataclasses.replace(TC, epochs=1)
+    fit(teacher, tv, train, audio.val, train_config=dataclasses.replace(tc, last_batch="keep"), progress=False,
+        cache=cache)
+    assert seen == [16, 16, 16, 8]
+    seen.clear()
+    fit(teacher, tv, train, audio.val, train_config=tc, progress=False, cache=cache)
+    assert seen == [16, 16, 16]
+
+
+def test_keep_last_refuses_what_cannot_run_the_partial_batch():
+    from ucmkd_jax.train import check_last_batch
+
+    class Stream:  # a user's TrainStream that only yields full batches
+        num_samples = 20
+
+        def epoch_batches(self, epoch, batch_size, with_teacher=True):
+            return iter(())
+
+    with pytest.raises(ValueError, match="Stream.epoch_batches has no keep_last"):
+        check_last_batch(Stream(), 20, 8, None)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    split = Split(np.zeros((20, 1), np.float32), np.zeros(20, int))
+    check_last_batch(split, 20, 8, mesh)  # 4 rows on 1 device: fine
+    three = SimpleNamespace(devices=np.empty(3))  # only its size is read: a 3-device mesh
+    with pytest.raises(ValueError, match=r"last partial batch .*20 samples.* 4 is not divisible by the 3 devices"):
+        check_last_batch(split, 20, 8, three)

@@ -148,7 +148,11 @@ class TrainConfig:
     teacher_stop_acc: stop pre-training once the best selection accuracy reaches this fraction
     (the release: 0.70); None: train all ``teacher_epochs``.
     shared_teacher: one teacher for all seeds (the release's: pre-trained once, with the first
-    seed's init and batch order) instead of one per seed; needs ``subsample`` = 1."""
+    seed's init and batch order) instead of one per seed; needs ``subsample`` = 1.
+    last_batch: "drop" (every step sees ``batch_size`` rows: one compiled shape) or "keep" (the
+    release's DataLoader: an epoch ends with a partial batch of ``n % batch_size`` rows, a second
+    compiled shape; on a multi-device mesh that remainder must divide by the device count, and
+    a multi-process run refuses a remainder)."""
 
     epochs: int = bounded(100, ge=1, why="0 epochs would report an untrained student")
     teacher_epochs: int = bounded(100, ge=0)
@@ -164,6 +168,7 @@ class TrainConfig:
     teacher_recipe: Literal["student", "release"] = "student"
     teacher_stop_acc: Optional[float] = bounded(None, gt=0.0, le=1.0)
     shared_teacher: bool = False
+    last_batch: Literal["drop", "keep"] = "drop"
 
     def __post_init__(self):
         validate(self)
@@ -180,6 +185,9 @@ class ExperimentConfig:
       ``teacher_data`` and ``student_data``, labels 0..K-1 on both; ``num_classes`` K when a
       class is absent from one side).
     data_dir: prepared TFRecord shards (real datasets).
+    shard_config: which prepared config under ``<data_dir>/<dataset>/`` to read (e.g. "authors_raw",
+      written by ``data_prep/prepare.py --split authors --short-side 0``); None: the only one,
+      else the dataset's default (crema_d: speaker).
     direction: "a2v" (audio teacher, video student), "v2a", "both"; "teacher2student" for arrays.
     unpaired: the data regime of distillation (``ucmkd_jax.data.regimes``): "easy" (independent
       teacher stream over the same pool: the paper's main setting), "medium" (disjoint pools),
@@ -188,7 +196,15 @@ class ExperimentConfig:
     subsample: fraction of each train split kept (Tables 3-5); validation and test stay whole.
     streaming: real datasets only: train batches stream from the shards (``data.pipeline``: fresh
       random frames and flips every epoch, as the protocol) instead of arrays loaded once.
-    image_size: video crop side (224 in the protocol).
+    image_size: video crop side S in pixels (224 in the protocol).
+    video_crop: how a stored frame becomes S x S (docs/protocol.md row 11): "resize_crop" (shorter
+      side resized to round(S * 256 / 224), then the centre S x S: 87.5 % of the height) or
+      "center_crop" (the centre S x S of the frame as stored, no resize: the release's
+      ``CenterCrop(224)`` of 480 x 360 frames, 62 % of the height; needs shards prepared with
+      ``--short-side 0``, a smaller stored frame is refused when the data are opened).
+    video_flip: the random horizontal flip of a training clip's frames: "clip" (one coin for its
+      T frames) or "frame" (a coin per frame, the release); streaming only (the in-memory train
+      split is not flipped).
     protocol: the preset of fidelity settings laid over the dataset's (``ucmkd_jax.fidelity``):
       "clean" (this project's corrected protocol) or "authors" (the official release's
       computations); set by ``--protocol`` / ``fidelity.apply_protocol``, which also set each
@@ -199,6 +215,7 @@ class ExperimentConfig:
 
     dataset: str = choice_field("synthetic", _datasets)
     data_dir: Optional[str] = None
+    shard_config: Optional[str] = None
     teacher_data: Optional[str] = None
     student_data: Optional[str] = None
     num_classes: Optional[int] = bounded(None, ge=2)
@@ -212,6 +229,8 @@ class ExperimentConfig:
     regime_imbalance: float = bounded(10.0, ge=1.0)
     streaming: bool = False
     image_size: int = bounded(224, ge=1)
+    video_crop: Literal["resize_crop", "center_crop"] = "resize_crop"
+    video_flip: Literal["clip", "frame"] = "clip"
     protocol: Literal["clean", "authors"] = "clean"
     std_ddof: int = bounded(1, ge=0, le=1)
     model: ModelConfig = ModelConfig()

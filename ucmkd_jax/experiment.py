@@ -28,11 +28,18 @@ from ucmkd_jax.protocol import StudentRun, check_batch_fits, prepare_seed, train
 from ucmkd_jax.results import format_mean_std
 from ucmkd_jax.train import StepCache
 
-__all__ = ["expand_directions", "build_models", "backbone_options", "check_run", "run_experiment", "summarize"]
+__all__ = ["expand_directions", "load_experiment_dataset", "build_models", "backbone_options", "check_run", "run_experiment", "summarize"]
 
 
 def expand_directions(direction: str) -> Tuple[str, ...]:
     return ("a2v", "v2a") if direction == "both" else (direction,)
+
+
+def load_experiment_dataset(cfg: ExperimentConfig, streaming: Optional[bool] = None) -> CrossModalDataset:
+    """``cfg.dataset`` as ``cfg`` reads it (the shard config, the video crop and size): the one
+    place run, sweep and bound load their data. ``streaming``: default ``cfg.streaming``."""
+    return load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming if streaming is None else streaming,
+                        image_size=cfg.image_size, video_crop=cfg.video_crop, shard_config=cfg.shard_config)
 
 
 def build_models(cfg: ExperimentConfig, teacher_data: Optional[ModalityData], student_data: ModalityData,
@@ -177,8 +184,7 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
         that share it share teachers of equal configuration (``protocol.teacher_cache_dir``).
     Returns the new runs.
     """
-    dataset = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, streaming=cfg.streaming,
-                                                               image_size=cfg.image_size)
+    dataset = dataset if dataset is not None else load_experiment_dataset(cfg)
     directions = expand_directions(cfg.direction)
     if models is not None and len(directions) != 1:
         raise ValueError("models= fixes one teacher and one student: use a single direction")
@@ -189,7 +195,7 @@ def run_experiment(cfg: ExperimentConfig, dataset: Optional[CrossModalDataset] =
     labels = None
     if streaming:
         from ucmkd_jax.data.pipeline import train_labels  # imports TensorFlow lazily
-        labels = train_labels(cfg.dataset, cfg.data_dir)
+        labels = train_labels(cfg.dataset, cfg.data_dir, config=cfg.shard_config)  # the streams' config
     if mesh == "auto":
         mesh = data_mesh() if (cfg.train.data_parallel and jax.device_count() > 1) else None
     done = set(done)

@@ -8,7 +8,8 @@ train.model_selection=val``). docs/protocol.md explains each row and why ``clean
 
     cfg = apply_protocol(get_preset("crema_d"), "authors")
 
-Rows of docs/protocol.md this module sets (the rest are marked there as not yet reproduced):
+Rows of docs/protocol.md this module sets (row 10, the CREMA-D split, is chosen when the shards
+are prepared: ``data_prep/prepare.py --split authors``):
 
   1  method.inner_eps_root 0 (PyTorch's AdamW) and method.inner_state "per_outer_step"
   2  method.fa.objective "transport" (<P, C> at the plan, through the iterations), absolute
@@ -16,13 +17,15 @@ Rows of docs/protocol.md this module sets (the rest are marked there as not yet 
   3  method.weight_inner_losses False (no lambda in the bilevel step)
   5  method.share_la_forward False (three BatchNorm updates a bilevel step)
   7  train.model_selection "test", train.selection_ties "later"
-  9  optim.schedule_unit "epoch"; std_ddof 0
+  9  optim.schedule_unit "epoch"; std_ddof 0; train.last_batch "keep"
  15  optim.clip_epsilon 1e-6 (torch's clip_grad_norm_); the first epoch's lr through row 9
      train.precise_bn 0 (the release evaluates with the running averages)
  14  model.bn_running_var "unbiased" (torch's running-variance update)
   6  train.baseline_bn "frozen_after_first_eval" (the single-level baselines' eval-mode BatchNorm)
   8  train.teacher_recipe "release", train.teacher_stop_acc 0.70, train.shared_teacher True
      model.video_frames "release" (ViTs: frames averaged in pixel space, the ViT release)
+ 11  video_crop "center_crop" (the frame as stored, no resize: shards prepared with --short-side 0,
+     read with shard_config, e.g. "authors_raw"), video_flip "frame" (a flip coin per frame)
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("optim.schedule_unit", "step"),
         ("optim.clip_epsilon", 0.0),
         ("std_ddof", 1),
+        ("train.last_batch", "drop"),
         ("train.precise_bn", 20),
         ("model.bn_running_var", "biased"),
         ("train.baseline_bn", "train"),
@@ -57,6 +61,8 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("train.teacher_stop_acc", None),
         ("train.shared_teacher", False),
         ("model.video_frames", "per_frame"),
+        ("video_crop", "resize_crop"),
+        ("video_flip", "clip"),
     ),
     "authors": (
         ("method.inner_eps_root", 0.0),
@@ -70,6 +76,7 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("optim.schedule_unit", "epoch"),
         ("optim.clip_epsilon", 1e-6),
         ("std_ddof", 0),
+        ("train.last_batch", "keep"),
         ("train.precise_bn", 0),
         ("model.bn_running_var", "unbiased"),
         ("train.baseline_bn", "frozen_after_first_eval"),
@@ -77,6 +84,8 @@ PROTOCOLS: Dict[str, Tuple[Tuple[str, object], ...]] = {
         ("train.teacher_stop_acc", 0.70),
         ("train.shared_teacher", True),
         ("model.video_frames", "release"),
+        ("video_crop", "center_crop"),
+        ("video_flip", "frame"),
     ),
 }
 

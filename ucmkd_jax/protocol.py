@@ -115,7 +115,8 @@ def teacher_cache_dir(root: str, cfg: ExperimentConfig, dataset_name: str, direc
 
 def data_fingerprint(data: ModalityData) -> str:
     """A SHA-1 of the teacher's training and selection data: the train split's inputs and labels
-    (for a shard stream: its shard folder and clip positions) and the validation split's."""
+    (for a shard stream: its shard folder and clip positions, and for a video stream how frames
+    are decoded: crop side, ``video_crop``, ``video_flip``) and the validation split's."""
     h = hashlib.sha1()
     for split in (data.train, data.val):
         if isinstance(split, Split):
@@ -124,6 +125,11 @@ def data_fingerprint(data: ModalityData) -> str:
         elif split is not None:  # a TrainStream: what it reads, not the decoded bytes
             h.update(str(getattr(split, "path", "")).encode())
             h.update(np.asarray(getattr(split, "student_indices", [])).tobytes())
+            decode = tuple(getattr(split, k, None) for k in ("image_size", "video_crop", "video_flip"))
+            # a teacher trained on one crop or flip is never reused for another; today's decoding
+            # ("resize_crop", "clip") adds nothing, so teachers cached before these fields keep their key
+            if getattr(split, "student", None) == "video" and decode[1:] != ("resize_crop", "clip"):
+                h.update(json.dumps(decode).encode())
     return h.hexdigest()
 
 
@@ -217,7 +223,8 @@ def prepare_seed(cfg: ExperimentConfig, dataset_name: str, direction: str, seed:
 
         t_stream, s_stream, _ = protocol_streams(
             cfg.dataset, cfg.data_dir, direction, seed=seed, regime=cfg.unpaired, subsample=cfg.subsample,
-            noise=cfg.regime_noise, imbalance=cfg.regime_imbalance, labels=labels, image_size=cfg.image_size)
+            noise=cfg.regime_noise, imbalance=cfg.regime_imbalance, labels=labels, image_size=cfg.image_size,
+            video_crop=cfg.video_crop, video_flip=cfg.video_flip, config=cfg.shard_config)
         t_seed = ModalityData(teacher_data.modality, t_stream, teacher_data.val, teacher_data.test)
         s_run = ModalityData(student_data.modality, s_stream, student_data.val, student_data.test)
         t_pool, extra = None, {"teacher_pool": len(s_stream.teacher_indices), "streaming": True}
@@ -247,7 +254,8 @@ def _fingerprint(cfg: ExperimentConfig, method: str, seed: int, n_train: int, n_
     """What must match for a student checkpoint to be resumed: everything that shapes the run."""
     return {"method": method, "seed": seed, "direction": cfg.direction, "dataset": cfg.dataset,
             "unpaired": cfg.unpaired, "subsample": cfg.subsample, "student_train": n_train,
-            "teacher_pool": n_pool, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
+            "teacher_pool": n_pool, "shard_config": cfg.shard_config, "image_size": cfg.image_size,
+            "video_crop": cfg.video_crop, "video_flip": cfg.video_flip, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
             "optim": to_dict(cfg.optim), "method_config": to_dict(cfg.method)}
 
 

@@ -16,6 +16,7 @@ The step itself stays pure (``ucmkd_jax.methods``). Host syncs: the running loss
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -42,7 +43,7 @@ from ucmkd_jax.parallel import check_batch_divisible, local_rows, prefetch_to_de
 from ucmkd_jax.precise_bn import PreciseBN
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainStep", "StepCache", "build_step", "check_fit_inputs",
-           "make_evaluator", "placement", "evaluate", "precise_bn_batches", "fit"]
+           "make_evaluator", "placement", "evaluate", "precise_bn_batches", "check_last_batch", "fit"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,6 +214,21 @@ def precise_bn_batches(train, epoch: int, seed: int, batch_size: int, n: int, me
 
 
 # ---------------------------------------------------------------------------------------- the loop
+def check_last_batch(train, n: int, batch_size: int, mesh: Optional[Mesh]) -> None:
+    """Refuse ``train.last_batch="keep"`` where the partial batch (``n % batch_size`` rows) cannot
+    run: a TrainStream without ``keep_last``, a remainder the mesh's devices do not divide, or
+    several processes (each gathers the rows of a full batch)."""
+    if not isinstance(train, Split) and "keep_last" not in inspect.signature(train.epoch_batches).parameters:
+        raise ValueError(f"train.last_batch=keep: {type(train).__name__}.epoch_batches has no keep_last "
+                         f"argument to yield the partial batch; use train.last_batch=drop")
+    rest = n % batch_size
+    if rest and mesh is not None:
+        if jax.process_count() > 1:
+            raise ValueError(f"train.last_batch=keep: the last batch has {rest} of {batch_size} rows, which "
+                             f"{jax.process_count()} processes cannot split; use train.last_batch=drop")
+        check_batch_divisible(rest, mesh, f"last partial batch (train.last_batch=keep, {n} samples)")
+
+
 def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         method_config: MethodConfig = MethodConfig(), optim: OptimConfig = OptimConfig(),
         train_config: TrainConfig = TrainConfig(), epochs: Optional[int] = None,
@@ -261,7 +277,11 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
     if mesh is not None:
         check_batch_divisible(train_config.batch_size, mesh)
         check_batch_divisible(train_config.eval_batch_size, mesh, "evaluation batch size")
-    steps = steps_per_epoch(train.num_samples if streaming else len(train), train_config.batch_size)
+    keep_last = train_config.last_batch == "keep"
+    n_train = train.num_samples if streaming else len(train)
+    steps = steps_per_epoch(n_train, train_config.batch_size, keep_last)
+    if keep_last:
+        check_last_batch(train, n_train, train_config.batch_size, mesh)
     cache = StepCache() if cache is None else cache
     train_step = cache.train_step(method, model, teacher, method_config=method_config, optim=optim,
                                   steps_per_epoch=steps, epochs=epochs)
@@ -294,10 +314,11 @@ def fit(model: Model, variables, train, val: Split, *, method: str = "ce",
         first_epoch = epochs  # resumed after the epoch that met the target: nothing left to run
     for epoch in range(first_epoch, epochs):
         if streaming:
-            batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none", **local)
+            batches = train.epoch_batches(epoch, train_config.batch_size, with_teacher=pairing != "none", **local,
+                                          **({"keep_last": True} if keep_last else {}))
         else:
             batches = train_batches(train, teacher_train, train_config.batch_size,
-                                    np.random.SeedSequence([seed, epoch]), pairing, **local)
+                                    np.random.SeedSequence([seed, epoch]), pairing, keep_last=keep_last, **local)
         sums = None
         step_fn = frozen_step.step if (frozen_step is not None and epoch >= 1) else train_step.step
         for i, batch in enumerate(prefetch_to_device(batches, put=put)):

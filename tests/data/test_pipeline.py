@@ -153,6 +153,102 @@ def test_frames_are_redrawn_every_epoch_in_time_order_and_clips_flip(data_dir):
     assert not read_video(b["x_s"])[2].any()
 
 
+def frame_flips(x):
+    """(B, T) bool: which frames of a (B, T, S, S, 3) video batch are mirrored (blue 220 on the left)."""
+    blue = (x[..., 2] * STD[2] + MEAN[2]) * 255.0
+    return blue[:, :, 8:24, 2:10].mean((2, 3)) < blue[:, :, 8:24, 22:30].mean((2, 3))
+
+
+def test_video_flip_frame_flips_each_frame_on_its_own_coin(data_dir):
+    def run(**kw):
+        (b,) = epoch(stream(data_dir, teacher=None, **kw), 1, batch_size=N_TRAIN, with_teacher=False)
+        return b["x_s"]
+
+    per_frame, plain = run(video_flip="frame"), run(video_flip="frame", flip=False)
+    flips = frame_flips(per_frame)
+    assert not frame_flips(plain).any()
+    # the same frames as the unflipped decode (the flip key is separate from the frame draw's),
+    # each one mirrored or not on its own
+    for r in range(N_TRAIN):
+        for t in range(2):
+            want = plain[r, t, :, ::-1] if flips[r, t] else plain[r, t]
+            np.testing.assert_array_equal(per_frame[r, t], want)
+    assert (flips[:, 0] != flips[:, 1]).any() and (flips[:, 0] == flips[:, 1]).any()
+    assert flips.any() and not flips.all()
+    assert run(video_flip="frame").tobytes() == per_frame.tobytes()  # a function of (seed, epoch, clip)
+    clip_flips = frame_flips(run())  # "clip" (the default): one coin for the clip's frames
+    assert (clip_flips[:, 0] == clip_flips[:, 1]).all() and clip_flips.any() and not clip_flips.all()
+    with pytest.raises(ValueError, match="video_flip must be one of"):
+        stream(data_dir, video_flip="clips")
+
+
+def test_video_crop_center_crop_reads_the_stored_frame_without_resize(data_dir):
+    """64 x 48 stored frames, S = 32: the centre, rows 8..39 and columns 16..47, as decoded."""
+    import tensorflow as tf
+
+    b = tfds.builder_from_directory(str(shards.find_shard_dir("crema_d", data_dir)))
+    jpegs = {}
+    for split in ("train", "val"):
+        for ex in tfds.as_numpy(b.as_dataset(split=split, shuffle_files=False,
+                                             decoders={"frames": tfds.decode.SkipDecoding()})):
+            jpegs[int(ex["clip_id"][:4]) - 1001] = ex["frames"]
+
+    def want(clip, f):
+        img = tf.io.decode_jpeg(jpegs[clip][f], channels=3).numpy().astype(np.float64)
+        return (img[8:40, 16:48] - MEAN * 255) / (STD * 255)
+
+    (batch,) = epoch(stream(data_dir, teacher=None, flip=False, video_crop="center_crop"), 0,
+                     batch_size=N_TRAIN, with_teacher=False)
+    clip, frame, _ = read_video(batch["x_s"])
+    for r in range(N_TRAIN):
+        for t in range(2):
+            np.testing.assert_allclose(batch["x_s"][r, t], want(clip[r], frame[r, t]), rtol=0, atol=1e-5)
+    val = shards.load_shards("crema_d", data_dir, image_size=S, video_crop="center_crop",
+                             splits=("val",)).modalities["video"].val
+    clip, frame, _ = read_video(val.x)  # val in shard order
+    assert sorted(clip) == list(range(N_TRAIN, N_TRAIN + 4))
+    for i, c in enumerate(clip):  # the middle two of each val clip
+        np.testing.assert_array_equal(frame[i], (n_frames(c) - 2) // 2 + np.arange(2))
+        for t in range(2):
+            np.testing.assert_allclose(val.x[i, t], want(c, frame[i, t]), rtol=0, atol=1e-5)
+
+
+def test_center_crop_larger_than_the_stored_frames_is_refused_with_the_fix(data_dir):
+    msg = (r"crema_d/speaker/.*: clip 10\d\d_DFA_[A-Z]{3}_XX \(SPLIT\) has frames of 64 x 48 pixels, smaller than "
+           r"the 64 x 64 crop of video_crop='center_crop'.*--short-side 0")
+    with pytest.raises(ValueError, match=msg.replace("SPLIT", "train")):
+        stream(data_dir, image_size=64, video_crop="center_crop")
+    with pytest.raises(ValueError, match=msg.replace("SPLIT", "val")):
+        shards.load_shards("crema_d", data_dir, image_size=64, video_crop="center_crop", splits=("val",))
+    stream(data_dir, image_size=64, video_crop="center_crop", student="audio", teacher=None)  # no video: no check
+    stream(data_dir, image_size=48, video_crop="center_crop", teacher=None)  # the shorter side fits exactly
+
+
+def test_teacher_cache_fingerprint_of_a_video_stream_names_its_crop_and_flip(data_dir):
+    from ucmkd_jax.data.base import ModalityData
+    from ucmkd_jax.protocol import data_fingerprint
+
+    def fp(**kw):
+        return data_fingerprint(ModalityData("video", stream(data_dir, teacher=None, **kw), None, None))
+
+    today = fp()
+    assert today == fp(video_crop="resize_crop", video_flip="clip")
+    assert len({today, fp(video_crop="center_crop"), fp(video_flip="frame"),
+                fp(video_crop="center_crop", video_flip="frame"), fp(video_crop="center_crop", image_size=16)}) == 5
+    audio = ModalityData("audio", stream(data_dir, student="audio", teacher=None, video_crop="center_crop"), None, None)
+    assert data_fingerprint(audio) == data_fingerprint(ModalityData("audio", stream(data_dir, student="audio",
+                                                                                    teacher=None), None, None))
+
+
+def test_shard_config_chooses_the_prepared_config(data_dir):
+    from ucmkd_jax.data import load_dataset
+
+    with pytest.raises(FileNotFoundError, match=r"no config 'authors_raw' under .*found \['speaker'\]"):
+        load_dataset("crema_d", str(data_dir), streaming=True, shard_config="authors_raw")
+    with pytest.raises(FileNotFoundError, match="no config 'authors_raw'"):
+        pipeline.protocol_streams("crema_d", data_dir, "a2v", config="authors_raw")
+
+
 def test_same_seed_and_epoch_give_byte_identical_batches_whatever_the_parallelism(data_dir):
     one = epoch(stream(data_dir, parallel=1, seed=3), 1)
     many = epoch(stream(data_dir, parallel=4, seed=3), 1)
@@ -287,3 +383,15 @@ def test_run_cli_streams_a_real_dataset_end_to_end(data_dir, tmp_path):
     assert fkd["streaming"] is True and fkd["unpaired"] == "medium"
     assert fkd["epochs"] == 1 and 0.0 <= fkd["test_acc"] <= 1.0 and 0.0 <= fkd["teacher_test_acc"] <= 1.0
     assert (out / "results.md").exists()
+
+
+def test_keep_last_ends_the_epoch_with_the_partial_batch(data_dir):
+    st = stream(data_dir, teacher_indices=np.arange(6))  # a teacher pool shorter than the epoch: cycled
+    kept = epoch(st, 1, batch_size=5, keep_last=True)
+    assert [len(b["y_s"]) for b in kept] == [5, 5, 5, 1] and [len(b["y_t"]) for b in kept] == [5, 5, 5, 1]
+    clips = np.concatenate([read_video(b["x_s"])[0] for b in kept])
+    assert sorted(clips) == list(range(N_TRAIN))  # every train clip once
+    dropped = epoch(st, 1, batch_size=5)
+    assert [len(b["y_s"]) for b in dropped] == [5, 5, 5]
+    np.testing.assert_array_equal(dropped[2]["x_s"], kept[2]["x_s"])  # the same order up to the remainder
+    assert st.steps_per_epoch(5, keep_last=True) == 4

@@ -34,7 +34,7 @@ def test_register_dataset_adds_an_entry_once(monkeypatch):
     monkeypatch.setattr(data, "DATASET_REGISTRY", fresh)
 
     @register_dataset("tiny", paired=False, summary="for this test")
-    def _load(name, data_dir, seed, streaming, image_size):
+    def _load(name, data_dir, seed, streaming, image_size, video_crop, shard_config):
         return ("tiny", seed)
 
     assert data.get_dataset("tiny").paired is False and data.load_dataset("tiny", seed=5) == ("tiny", 5)

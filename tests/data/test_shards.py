@@ -97,3 +97,48 @@ def test_split_fraction_and_errors(prepared, tmp_path):
     vdir = shards.find_shard_dir("crema_d", prepared)
     assert vdir == Path(prepared) / "crema_d" / "speaker" / spec.SPEC_VERSION
     assert shards.find_shard_dir("crema_d", vdir) == vdir
+
+
+def _tiny_jpeg(h=11, w=13):
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_center_crop_is_the_centre_of_the_stored_frame_and_resize_crop_is_unchanged():
+    import tensorflow as tf
+
+    jpeg = _tiny_jpeg()  # 13 x 11: odd margins 5 and 3 test torchvision's rounding
+    # decoded once by TensorFlow (PIL upsamples the chroma of this noise differently), sliced by hand
+    img = tf.io.decode_jpeg(jpeg, channels=3).numpy().astype(np.float64)
+    mean, std = np.array(spec.IMAGENET_MEAN) * 255, np.array(spec.IMAGENET_STD) * 255
+    top, left = int(round((11 - 8) / 2)), int(round((13 - 8) / 2))  # torchvision's center_crop: 2, 2
+    want = (img[top:top + 8, left:left + 8] - mean) / std
+    got = shards.decode_frame(tf, tf.constant(jpeg), 8, crop="center_crop").numpy()
+    assert got.shape == (8, 8, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # the default is today's: shorter side 11 -> round(8 * 256 / 224) = 9, (9, 11) resized, crop at (0, 1)
+    default = shards.decode_frame(tf, tf.constant(jpeg), 8).numpy()
+    assert default.tobytes() == shards.decode_frame(tf, tf.constant(jpeg), 8, crop="resize_crop").numpy().tobytes()
+    full = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3), (9, 11), method="bilinear", antialias=True)
+    np.testing.assert_allclose(default, (full.numpy()[0:8, 1:9] - mean) / std, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        shards.decode_frame(tf, tf.constant(jpeg), 8, crop="resize")
+
+
+def test_center_crop_of_a_too_small_frame_says_to_prepare_raw_frames():
+    import tensorflow as tf
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"OUT/crema_d/speaker: a frame is smaller than the "
+                                                             r"12 x 12 .*--short-side 0"):
+        shards.decode_frame(tf, tf.constant(_tiny_jpeg()), 12, crop="center_crop", where="OUT/crema_d/speaker")
+
+
+def test_center_crop_of_frames_resized_at_prep_is_flagged():
+    """Frames stored at data_prep's default shorter side (256) were resized: a 224 centre crop of
+    them is not the release's crop of a raw frame, and the note says so; raw frames pass."""
+    from ucmkd_jax.data.shards import resized_frames_note
+    note = resized_frames_note(256, 341, 224)
+    assert "87.5% of the height" in note and "--short-side 0" in note
+    assert resized_frames_note(360, 480, 224) is None

@@ -74,3 +74,18 @@ def test_prefetch_keeps_order_and_reraises():
     it = prefetch_to_device({"i": np.int32(k)} for k in range(100))
     next(it)
     it.close()
+
+
+def test_keep_last_yields_the_partial_batch_with_as_many_teacher_rows():
+    s, t = _split(20), _split(12, offset=1000)
+    kept = list(train_batches(s, t, 8, np.random.SeedSequence(4), "unpaired", keep_last=True))
+    assert [len(b["y_s"]) for b in kept] == [8, 8, 4] and [len(b["y_t"]) for b in kept] == [8, 8, 4]
+    assert sorted(np.concatenate([b["x_s"][:, 0] for b in kept])) == list(range(20))  # every sample once
+    dropped = list(train_batches(s, t, 8, np.random.SeedSequence(4), "unpaired"))
+    assert [len(b["y_s"]) for b in dropped] == [8, 8]
+    for a, b in zip(dropped, kept):  # the full batches are the same either way
+        np.testing.assert_array_equal(a["x_s"], b["x_s"])
+        np.testing.assert_array_equal(a["x_t"], b["x_t"])
+    assert steps_per_epoch(20, 8, keep_last=True) == 3 and steps_per_epoch(16, 8, keep_last=True) == 2
+    with pytest.raises(ValueError, match="partial last batch .4 of 8 rows. cannot be split over processes"):
+        list(train_batches(s, t, 8, np.random.SeedSequence(4), "unpaired", rows=np.arange(4), keep_last=True))

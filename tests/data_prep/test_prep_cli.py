@@ -223,3 +223,33 @@ def test_empty_and_small_splits_are_warned_about(tmp_path, capsys):
     assert _run(raw, tmp_path / "out1", "--dataset", "crema_d", "--min-split-clips", "1") == 0
     report = _report(tmp_path / "out1" / "crema_d" / "speaker" / SPEC_VERSION)
     assert len(report["warnings"]) == 1 and "'val' is empty" in report["warnings"][0]
+
+
+def test_a_non_default_short_side_gets_its_own_config_and_cache(crema_d_clean_raw, tmp_path, monkeypatch):
+    """Frames of another size never reuse the default's folder or feature cache (stage 1 is
+    stubbed: only the folders main chooses are checked)."""
+    import argparse
+
+    def name(**kw):
+        args = dict(dataset="crema_d", split="speaker", channel="speech", classes=None, seed=0, short_side=256)
+        return prepare.config_name(argparse.Namespace(**{**args, **kw}))
+
+    assert name() == "speaker" and name(short_side=0) == "speaker_raw" and name(short_side=320) == "speaker_s320"
+    assert name(split="authors", short_side=0, seed=2) == "authors_seed2_raw"
+    assert name(dataset="ave", short_side=0, seed=2) == "official_raw"  # AVE's split is official: no seed
+    out = tmp_path / "out"
+    default = out / "crema_d" / "speaker" / SPEC_VERSION
+    default.mkdir(parents=True)
+    (default / "dataset_info.json").write_text("{}")  # the default is prepared already
+    seen = []
+
+    def stage1(tasks, cache_dir, workers, short_side, quiet=False, desc=""):
+        seen.append((cache_dir, short_side))
+        raise KeyboardInterrupt  # main stops there, exit 130
+
+    monkeypatch.setattr(prepare, "process_all", stage1)
+    assert _run(crema_d_clean_raw, out, "--dataset", "crema_d") == 0  # "already prepared"
+    assert _run(crema_d_clean_raw, out, "--dataset", "crema_d", "--short-side", "0") == 130
+    assert _run(crema_d_clean_raw, out, "--dataset", "crema_d", "--short-side", "96") == 130
+    assert seen == [(out / "_cache" / "crema_d" / "speaker_raw", None), (out / "_cache" / "crema_d" / "speaker_s96", 96)]
+    assert _run(crema_d_clean_raw, out, "--dataset", "crema_d", "--short-side", "-1") == 2

@@ -28,9 +28,10 @@ __all__ = ["DIRECTIONS", "CrossModalDataset", "ModalityData", "Split", "roles", 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset. ``load(name, data_dir, seed, streaming, image_size) -> CrossModalDataset``;
-    ``paired``: its two modalities' train splits hold the same clips in the same order (the paired
-    regime and ``vanilla_kd`` need it)."""
+    """A registered dataset. ``load(name, data_dir, seed, streaming, image_size, video_crop,
+    shard_config) -> CrossModalDataset`` (the last three as ``ExperimentConfig``'s fields of those
+    names); ``paired``: its two modalities' train splits hold the same clips in the same order (the
+    paired regime and ``vanilla_kd`` need it)."""
 
     name: str
     load: Callable[..., CrossModalDataset]
@@ -43,7 +44,7 @@ DATASET_REGISTRY: Registry[DatasetEntry] = Registry("dataset")
 
 def register_dataset(name: str, *, paired: bool, summary: str = ""):
     """Decorator: ``@register_dataset("synthetic", paired=True)`` on a loader
-    ``load(name, data_dir, seed, streaming, image_size)``."""
+    ``load(name, data_dir, seed, streaming, image_size, video_crop, shard_config)``."""
 
     def deco(load):
         DATASET_REGISTRY.add(name, DatasetEntry(name, load, paired, summary))
@@ -57,11 +58,11 @@ def get_dataset(name: str) -> DatasetEntry:
 
 
 @register_dataset("synthetic", paired=True, summary="the embedded demo: two modalities generated from the seed")
-def _load_synthetic(name, data_dir, seed, streaming, image_size) -> CrossModalDataset:
+def _load_synthetic(name, data_dir, seed, streaming, image_size, video_crop, shard_config) -> CrossModalDataset:
     return make_synthetic(seed)
 
 
-def _load_shards(name, data_dir, seed, streaming, image_size) -> CrossModalDataset:
+def _load_shards(name, data_dir, seed, streaming, image_size, video_crop, shard_config) -> CrossModalDataset:
     if not data_dir:
         raise ValueError(f"--dataset {name} reads prepared shards: pass --data-dir DIR "
                          f"(make them with: python data_prep/prepare.py --dataset {name} --raw-dir RAW --out-dir DIR)")
@@ -69,7 +70,7 @@ def _load_shards(name, data_dir, seed, streaming, image_size) -> CrossModalDatas
         from ucmkd_jax.data.shards import load_shards  # imports tensorflow lazily
     except ImportError as e:
         raise ImportError(f"reading {name} shards needs the data extra: pip install -e '.[data]' ({e})") from e
-    return load_shards(name, data_dir, image_size=image_size,
+    return load_shards(name, data_dir, image_size=image_size, video_crop=video_crop, config=shard_config,
                        splits=("val", "test") if streaming else ("train", "val", "test"))
 
 
@@ -82,9 +83,13 @@ DATASETS = tuple(DATASET_REGISTRY)
 
 
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, *, streaming: bool = False,
-                 image_size: int = 224) -> CrossModalDataset:
+                 image_size: int = 224, video_crop: str = "resize_crop",
+                 shard_config: str | None = None) -> CrossModalDataset:
     """``synthetic`` is generated in memory from ``seed``; the others are read from TFRecord
     shards written by ``data_prep/prepare.py`` under ``data_dir``: all splits in memory, or with
     ``streaming`` only val and test (train then streams from the shards:
-    ``ucmkd_jax.data.pipeline``, which ``run_experiment`` uses when train is None)."""
-    return get_dataset(name).load(name, data_dir, seed, streaming, image_size)
+    ``ucmkd_jax.data.pipeline``, which ``run_experiment`` uses when train is None).
+    ``image_size``, ``video_crop``: how video frames become S x S (``shards.decode_frame``);
+    ``shard_config``: which prepared config (``shards.find_shard_dir``; None: the only one, else
+    the dataset's default)."""
+    return get_dataset(name).load(name, data_dir, seed, streaming, image_size, video_crop, shard_config)

@@ -5,7 +5,8 @@
         pairing=stream.pairing, seed=0)               # ``stream`` is fit's TrainStream
 
 What it yields (``epoch_batches``): numpy dicts {"x_s" float32, "y_s" int32[, "x_t", "y_t"]} of
-exactly ``batch_size`` rows; the last incomplete batch of an epoch is dropped. ``fit`` copies
+exactly ``batch_size`` rows; the last incomplete batch of an epoch is dropped (kept, with its
+``num_samples % batch_size`` rows, when ``keep_last``: ``train.last_batch=keep``). ``fit`` copies
 them to the device two steps ahead (``parallel.prefetch_to_device``); tf.data prefetches on its
 side too, so decoding overlaps the step. TensorFlow is imported inside the functions only: the
 compiled path never imports it (and TensorFlow is kept off the GPUs).
@@ -14,8 +15,10 @@ Per clip, as in the protocol (``load_shards`` gives the evaluation view: the mid
   "audio": the stored float16 spectrogram -> float32 (257, 1004, 1).
   "video": T (2) frames drawn at random among the clip's kept frames, in time order, afresh
            every epoch (a clip with fewer than T repeats its last one); one random horizontal
-           flip per clip (the same for its T frames); each frame's shorter side resized to
-           round(S * 256 / 224), centre crop S x S (224), ImageNet normalisation.
+           flip per clip (the same for its T frames; ``video_flip="frame"``: a coin per frame,
+           the release); each frame's shorter side resized to round(S * 256 / 224), centre crop
+           S x S (224) (``video_crop="center_crop"``: the centre S x S of the frame as stored, no
+           resize, the release), ImageNet normalisation (``shards.decode_frame``).
 
 Two streams per step: the student pool (``student_indices``) and the teacher pool
 (``teacher_indices``), positions in the train split (shard order, the order of ``load_shards``).
@@ -33,7 +36,8 @@ batches whatever tf.data's thread count:
   - augmentation: a key ``SeedSequence([seed, 2 + role, e])`` (role 0 student, 1 teacher)
     folded with the clip index (``tf.random.experimental.stateless_fold_in``) and split in two:
     one for the frame draw (stateless uniform scores, the top T kept in time order), one for
-    the flip (stateless uniform < 0.5);
+    the flip (stateless uniform < 0.5: one number per clip, or T per clip with
+    ``video_flip="frame"``, frame t flipped by the t-th);
   - the hard regime's teacher noise: Gaussian from ``SeedSequence([seed, 4])`` folded with the
     clip index, the SAME every epoch (the in-memory path corrupts the pool once, too), std =
     ``teacher_noise`` x the pool's input std. The stream never holds the pool, so that std is
@@ -55,7 +59,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ucmkd_jax.data.shards import decode_frame, find_shard_dir, import_tf
+from ucmkd_jax.data.shards import VIDEO_CROPS, check_frame_size, decode_frame, find_shard_dir, import_tf
 from ucmkd_jax.data.spec import FRAMES, LABEL, SPECTROGRAM, SPECTROGRAM_SHAPE
 
 __all__ = ["ShardStream", "train_labels", "protocol_streams", "MODALITY_SHAPES"]
@@ -64,6 +68,7 @@ _STUDENT, _TEACHER = 0, 1
 MODALITY_SHAPES = {"audio": lambda frames, size: SPECTROGRAM_SHAPE + (1,),
                    "video": lambda frames, size: (frames, size, size, 3)}
 _PAIRINGS = ("unpaired", "paired")
+VIDEO_FLIPS = ("clip", "frame")  # one flip coin per clip, or per frame (the release)
 
 
 def _open(dataset: str, data_dir, config, version):
@@ -105,6 +110,10 @@ class ShardStream:
       teacher_noise: the hard regime's noise, relative to the teacher pool's input std (0: none).
       image_size, frames: S and T of the video (224, 2).
       flip: random horizontal flips of the video (the protocol's; False for checks).
+      video_crop: "resize_crop" or "center_crop" (``shards.decode_frame``); "center_crop" checks
+        the first train clip's stored frame size here (a ValueError naming the shard folder, the
+        clip and ``--short-side 0``).
+      video_flip: "clip" (one flip for the clip's T frames) or "frame" (a coin per frame).
       noise_sample: clips of the seeded sample that estimates the pool's input std.
       parallel: tf.data parallelism (reads and decodes); None: AUTOTUNE. The batches do not
         depend on it.
@@ -116,7 +125,8 @@ class ShardStream:
                  teacher_indices: Optional[Sequence[int]] = None, pairing: str = "unpaired", seed: int = 0,
                  teacher_noise: float = 0.0, image_size: int = 224, frames: int = 2, flip: bool = True,
                  config: Optional[str] = None, version: Optional[str] = None, noise_sample: int = 128,
-                 parallel: Optional[int] = None, prefetch: int = 2):
+                 parallel: Optional[int] = None, prefetch: int = 2, video_crop: str = "resize_crop",
+                 video_flip: str = "clip"):
         for role, mod in (("student", student), ("teacher", teacher)):
             if mod is not None and mod not in MODALITY_SHAPES:
                 raise ValueError(f"{role} modality must be one of {sorted(MODALITY_SHAPES)}, got {mod!r}")
@@ -124,7 +134,13 @@ class ShardStream:
             raise ValueError(f"pairing must be one of {_PAIRINGS}, got {pairing!r}")
         if teacher_noise < 0 or (teacher_noise > 0 and teacher is None):
             raise ValueError(f"teacher_noise must be >= 0 and needs a teacher modality, got {teacher_noise}")
+        if video_crop not in VIDEO_CROPS:
+            raise ValueError(f"video_crop must be one of {VIDEO_CROPS}, got {video_crop!r}")
+        if video_flip not in VIDEO_FLIPS:
+            raise ValueError(f"video_flip must be one of {VIDEO_FLIPS}, got {video_flip!r}")
         self._tf, self._tfds, self.path, builder = _open(dataset, data_dir, config, version)
+        if "video" in (student, teacher):  # a clear error now, not a failed assertion mid-epoch
+            check_frame_size(self._tf, self._tfds, builder, self.path, "train", int(image_size), video_crop)
         self.dataset = dataset
         self.features = builder.info.features
         self.class_names = list(self.features[LABEL].names)
@@ -136,6 +152,7 @@ class ShardStream:
         self.train_size = int(lengths.sum())
         self.student, self.teacher, self.pairing, self.seed = student, teacher, pairing, int(seed)
         self.image_size, self.frames, self.flip = int(image_size), int(frames), bool(flip)
+        self.video_crop, self.video_flip = video_crop, video_flip
         self.parallel = parallel
         self.prefetch = int(prefetch)
         self.student_indices = self._check_indices(student_indices, "student_indices")
@@ -170,24 +187,29 @@ class ShardStream:
     def __len__(self) -> int:
         return self.num_samples
 
-    def steps_per_epoch(self, batch_size: int) -> int:
+    def steps_per_epoch(self, batch_size: int, keep_last: bool = False) -> int:
         if self.num_samples < batch_size:
             raise ValueError(f"the student pool has {self.num_samples} clips, fewer than one batch of "
                              f"{batch_size}: lower --batch-size")
-        return self.num_samples // batch_size
+        return -(-self.num_samples // batch_size) if keep_last else self.num_samples // batch_size
 
     def epoch_batches(self, epoch: int, batch_size: int, with_teacher: bool = True,
-                      start_step: int = 0, rows: Optional[np.ndarray] = None) -> Iterator[dict]:
+                      start_step: int = 0, rows: Optional[np.ndarray] = None,
+                      keep_last: bool = False) -> Iterator[dict]:
         """Epoch ``epoch``'s batches from its ``start_step``-th on (see the module docstring).
         ``rows``: decode only these rows of each batch (a process of a multi-host run takes the
         rows of its own devices, ``parallel.local_rows``); a clip's augmentation depends on the
-        clip alone, so they are the rows a single process would decode."""
-        s_order, t_order = self.epoch_order(epoch, batch_size, with_teacher)
-        steps = len(s_order) // batch_size
+        clip alone, so they are the rows a single process would decode. ``keep_last``: end with
+        the partial batch of the ``num_samples % batch_size`` clips left over (not with ``rows``)."""
+        s_order, t_order = self.epoch_order(epoch, batch_size, with_teacher, keep_last)
+        steps = -(-len(s_order) // batch_size)
         if not 0 <= start_step <= steps:
             raise ValueError(f"start_step must be in [0, {steps}], got {start_step}")
         lo = start_step * batch_size
         s_order, t_order = s_order[lo:], None if t_order is None else t_order[lo:]
+        if rows is not None and len(s_order) % batch_size:
+            raise ValueError(f"a partial last batch ({len(s_order) % batch_size} of {batch_size} clips) cannot be "
+                             f"split over processes: drop it (keep_last=False)")
         if rows is not None:  # the same global order, each batch cut to this process's rows
             s_order = s_order.reshape(-1, batch_size)[:, rows].ravel()
             t_order = None if t_order is None else t_order.reshape(-1, batch_size)[:, rows].ravel()
@@ -196,10 +218,10 @@ class ShardStream:
 
     # ---- orders and shapes --------------------------------------------------------------------
 
-    def epoch_order(self, epoch: int, batch_size: int, with_teacher: bool = True):
+    def epoch_order(self, epoch: int, batch_size: int, with_teacher: bool = True, keep_last: bool = False):
         """(student clips, teacher clips or None) of epoch ``epoch``, train positions, one per row
-        of its steps * batch_size rows."""
-        n = self.steps_per_epoch(batch_size) * batch_size
+        of its steps * batch_size rows (all ``num_samples`` with ``keep_last``)."""
+        n = self.num_samples if keep_last else self.steps_per_epoch(batch_size) * batch_size
         perm = np.random.default_rng([self.seed, _STUDENT, epoch]).permutation(self.num_samples)
         s_order = self.student_indices[perm][:n]
         if not with_teacher:
@@ -276,13 +298,17 @@ class ShardStream:
                 k = tf.minimum(n, t_len)
                 pos = tf.sort(tf.math.top_k(scores, k=k).indices)
                 pos = tf.concat([pos, tf.fill([t_len - k], n - 1)], axis=0)
-                flip = tf.random.stateless_uniform([], seed=k_flip) < 0.5
+                # "frame": a coin per frame (the release's RandomHorizontalFlip in each frame's transform)
+                flip = tf.random.stateless_uniform([t_len] if self.video_flip == "frame" else [], seed=k_flip) < 0.5
             else:  # the middle T, as at evaluation
                 pos = tf.maximum(0, (n - t_len) // 2) + tf.range(t_len)
                 flip = tf.constant(False)
             pos = tf.minimum(pos, n - 1)
-            x = tf.stack([decode_frame(tf, jpegs[pos[t]], self.image_size) for t in range(t_len)])
-            if self.flip and augment:
+            x = tf.stack([decode_frame(tf, jpegs[pos[t]], self.image_size, crop=self.video_crop, where=str(self.path))
+                          for t in range(t_len)])
+            if self.flip and augment and self.video_flip == "frame":  # x (T, S, S, 3): axis 2 is the width
+                x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
+            elif self.flip and augment:
                 x = tf.cond(flip, lambda: tf.reverse(x, axis=[2]), lambda: x)
         if noise_std > 0:
             key = tf.random.experimental.stateless_fold_in(tf.constant(noise_key, tf.int64), clip)
@@ -321,7 +347,8 @@ class ShardStream:
             ds = ds.map(lambda s, t: {"x_s": s[0][0], "y_s": s[0][1], "x_t": t[0][0], "y_t": t[0][1]})
         else:
             ds = self._decoded(s_order, (student,), epoch).map(lambda s: {"x_s": s[0], "y_s": s[1]})
-        ds = ds.batch(batch_size, drop_remainder=True).prefetch(self.prefetch)
+        # drop_remainder: the rows given are whole batches, or end with the partial one on purpose
+        ds = ds.batch(batch_size, drop_remainder=False).prefetch(self.prefetch)
         opts = tf.data.Options()
         opts.deterministic = True
         ds = ds.with_options(opts)
@@ -352,7 +379,8 @@ def protocol_streams(dataset: str, data_dir: Union[str, os.PathLike], direction:
       seed, regime, subsample, noise, imbalance: as ``ExperimentConfig`` (seed, unpaired,
         subsample, regime_noise, regime_imbalance).
       labels: the train labels (``train_labels``), if already read.
-      stream_kwargs: ``ShardStream`` options (image_size, frames, config, version, parallel...).
+      stream_kwargs: ``ShardStream`` options (image_size, frames, video_crop, video_flip, config,
+        version, parallel...).
     Returns:
       (teacher_stream: the teacher modality's subsampled train split alone, for its
        pre-training with "ce" (its order seeded by ``seeds.teacher_seed(seed)``, as the in-memory

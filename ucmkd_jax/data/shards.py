@@ -8,7 +8,9 @@ their shapes and the normalisation constants are ``ucmkd_jax.data.spec``):
   "video": x (N, T, S, S, 3) float32 with T = ``frames`` (2) and S = ``image_size`` (224): each
            kept JPEG frame is decoded, its shorter side resized (bilinear, antialiased) to
            round(S * 256 / 224), centre-cropped to S x S and normalised with the ImageNet mean
-           (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+           (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). ``video_crop="center_crop"``
+           (the release, docs/protocol.md row 11) crops S x S from the frame as stored, no resize:
+           shards prepared with ``--short-side 0`` (CREMA-D: 480 x 360, the crop 62 % of the height).
 Frames per clip: val and test take the middle T of the clip's kept frames. Train takes T frames
 drawn at random per clip ONCE, at load time (seeded by ``seed`` and the clip's position), in
 time order — a fixed choice, since the arrays are built once; the protocol's fresh draw every
@@ -28,18 +30,22 @@ compiled path imports this module.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split
-from ucmkd_jax.data.spec import DEFAULT_CONFIGS, FRAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL, SPECTROGRAM
+from ucmkd_jax.data.spec import (CLIP_ID, DEFAULT_CONFIGS, FRAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL,
+                                 SPECTROGRAM, STORED_SHORT_SIDE)
 from ucmkd_jax.data.stratify import stratified_sample
 
-__all__ = ["load_shards", "find_shard_dir", "import_tf", "decode_frame"]
+__all__ = ["load_shards", "find_shard_dir", "import_tf", "decode_frame", "check_frame_size", "VIDEO_CROPS"]
 
 _SPLITS = ("train", "val", "test")
+# How a stored frame becomes S x S (``ExperimentConfig.video_crop``, docs/protocol.md row 11).
+VIDEO_CROPS = ("resize_crop", "center_crop")
 
 
 def import_tf():
@@ -112,16 +118,37 @@ def _frame_positions(tf, n, frames: int, mode: str, seed: int, i):
     return tf.minimum(pos, n - 1)
 
 
-def decode_frame(tf, jpeg, image_size: int):
-    """One JPEG frame -> (S, S, 3) float32: shorter side resized (bilinear, antialiased) to
-    round(S * 256 / 224), centre crop S x S, ImageNet normalisation. A frame whose shorter side
-    has that size already (stored at 256, S = 224) skips the resize: at scale 1 it is the
-    identity, and it costs five JPEG decodes."""
-    resize_to = int(round(image_size * 256 / 224))
+def decode_frame(tf, jpeg, image_size: int, crop: str = "resize_crop", where: str = ""):
+    """One JPEG frame -> (S, S, 3) float32, ImageNet-normalised, S = ``image_size`` pixels.
+
+    crop: "resize_crop" (default): shorter side resized (bilinear, antialiased) to
+      round(S * 256 / 224), centre crop S x S. A frame whose shorter side has that size already
+      (stored at 256, S = 224) skips the resize: at scale 1 it is the identity, and it costs five
+      JPEG decodes. "center_crop" (the release's ``CenterCrop(S)``): the centre S x S of the frame
+      as stored, no resize; offsets round((H - S) / 2), round((W - S) / 2) half to even, as
+      torchvision's ``center_crop``. A frame smaller than S on either side fails a
+      ``tf.debugging`` assertion whose message names ``where`` (the shard folder) and the fix.
+    """
+    if crop not in VIDEO_CROPS:
+        raise ValueError(f"crop must be one of {VIDEO_CROPS}, got {crop!r}")
     mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
     std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
     img = tf.io.decode_jpeg(jpeg, channels=3)
     shape = tf.shape(img)[:2]
+    if crop == "center_crop":
+        # without the check a small frame slices to a smaller tensor and fails in ensure_shape,
+        # deep in tf.data, without saying which shards or why
+        check = tf.debugging.assert_greater_equal(
+            tf.reduce_min(shape), tf.constant(image_size, tf.int32),
+            message=f"{where or 'a stored frame'}: a frame is smaller than the {image_size} x {image_size} "
+                    f"centre crop of video_crop='center_crop' (no resize); prepare the shards with "
+                    f"--short-side 0 (or a short side >= {image_size})")
+        with tf.control_dependencies([check]):
+            off = tf.cast(tf.round(tf.cast(shape - image_size, tf.float32) / 2.0), tf.int32)  # half to even
+            img = img[off[0]:off[0] + image_size, off[1]:off[1] + image_size, :]
+        img = tf.ensure_shape(tf.cast(img, tf.float32), (image_size, image_size, 3))
+        return (img - mean) / std
+    resize_to = int(round(image_size * 256 / 224))
     hw = tf.cast(shape, tf.float32)
     scale = resize_to / tf.reduce_min(hw)
     new_hw = tf.cast(tf.round(hw * scale), tf.int32)
@@ -137,12 +164,52 @@ def decode_frame(tf, jpeg, image_size: int):
     return (img - mean) / std
 
 
+def check_frame_size(tf, tfds, builder, path, split: str, image_size: int, crop: str) -> None:
+    """Refuse, before any training, stored frames smaller than the S x S crop of ``crop``
+    "center_crop" (no resize): looks at the first frame of ``split``'s first clip (all of a
+    prepared set share one ``--short-side``). A ValueError names the shard folder, the clip and
+    the fix; "resize_crop" accepts any size."""
+    if crop != "center_crop":
+        return
+    partial = tfds.decode.PartialDecoding({CLIP_ID: True, FRAMES: True}, decoders={FRAMES: tfds.decode.SkipDecoding()})
+    # no auto-cache: TFDS caches small splits in memory and warns when one record is taken
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=partial,
+                            read_config=tfds.ReadConfig(try_autocache=False)).take(1)
+    for ex in ds.as_numpy_iterator():
+        if len(ex[FRAMES]) == 0:
+            return
+        h, w, _ = (int(v) for v in tf.io.extract_jpeg_shape(ex[FRAMES][0]).numpy())  # reads the header only
+        if min(h, w) < image_size:
+            clip = ex[CLIP_ID].decode() if isinstance(ex[CLIP_ID], bytes) else ex[CLIP_ID]
+            raise ValueError(
+                f"{path}: clip {clip} ({split}) has frames of {w} x {h} pixels, smaller than the {image_size} x "
+                f"{image_size} crop of video_crop='center_crop' (a centre crop without resize); prepare the shards "
+                f"with --short-side 0 (the decoded size, the release's frames) or a short side >= {image_size}, and "
+                f"choose them with --set shard_config=<config>_raw (or use video_crop='resize_crop')")
+        note = resized_frames_note(h, w, image_size)
+        if note:
+            warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
+
+
+def resized_frames_note(h: int, w: int, image_size: int) -> Optional[str]:
+    """The warning for ``center_crop`` on frames whose shorter side is data_prep's default
+    ``STORED_SHORT_SIDE`` (256): they were resized when prepared, so the S x S crop sees S / 256
+    of the height (87.5 % at 224), not the release's share of a raw frame; None otherwise."""
+    if min(h, w) != STORED_SHORT_SIDE:
+        return None
+    return (f"video_crop='center_crop' on frames of {w} x {h} pixels, resized to a shorter side of "
+            f"{STORED_SHORT_SIDE} when prepared: the {image_size} crop covers {image_size / STORED_SHORT_SIDE:.1%} "
+            f"of the height, not the share of a raw frame the release crops (CREMA-D 480 x 360: 62 %); "
+            f"prepare with --short-side 0 and read them with --set shard_config=<config>_raw")
+
+
 def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, frames: int, mode: str,
-                   seed: int, batch_size: int):
+                   seed: int, batch_size: int, crop: str = "resize_crop", where: str = ""):
     def convert(i, ex):
         n = tf.shape(ex[FRAMES])[0]
         pos = _frame_positions(tf, n, frames, mode, seed, i)
-        video = tf.stack([decode_frame(tf, ex[FRAMES][pos[t]], image_size) for t in range(frames)])
+        video = tf.stack([decode_frame(tf, ex[FRAMES][pos[t]], image_size, crop=crop, where=where)
+                          for t in range(frames)])
         audio = tf.cast(ex[SPECTROGRAM], tf.float32)[..., None]
         return audio, video, tf.cast(ex[LABEL], tf.int32)
 
@@ -158,7 +225,8 @@ def _make_pipeline(tf, tfds, builder, split: str, *, keep, image_size: int, fram
 def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Optional[str] = None,
                 version: Optional[str] = None, image_size: int = 224, frames: int = 2,
                 split_fraction: Optional[float] = None, train_frames: str = "random", seed: int = 0,
-                batch_size: int = 64, splits: Sequence[str] = _SPLITS) -> CrossModalDataset:
+                batch_size: int = 64, splits: Sequence[str] = _SPLITS,
+                video_crop: str = "resize_crop") -> CrossModalDataset:
     """Read ``<data_dir>/<dataset>/<config>/<version>`` into a ``CrossModalDataset``.
 
     Args:
@@ -166,6 +234,8 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
       data_dir: the ``--out-dir`` given to data_prep/prepare.py (or the shard directory itself).
       config, version: which prepared variant (see ``find_shard_dir``).
       image_size: side of the square centre crop (224 in the protocol).
+      video_crop: "resize_crop" (shorter side resized first) or "center_crop" (the frame as stored,
+        the release): ``decode_frame``; "center_crop" checks each split's first frame size first.
       frames: frames per clip, T (2 in the protocol).
       split_fraction: keep a seeded random fraction (0, 1] of every split (None: all).
       train_frames: "random" (a fixed seeded draw per clip) or "middle".
@@ -185,6 +255,8 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
         raise ValueError(f"train_frames must be 'random' or 'middle', got {train_frames!r}")
     if split_fraction is not None and not 0 < split_fraction <= 1:
         raise ValueError(f"split_fraction must be in (0, 1], got {split_fraction}")
+    if video_crop not in VIDEO_CROPS:
+        raise ValueError(f"video_crop must be one of {VIDEO_CROPS}, got {video_crop!r}")
     tf, tfds = import_tf()
     path = find_shard_dir(dataset, data_dir, config, version)
     builder = tfds.builder_from_directory(os.fspath(path))
@@ -205,8 +277,9 @@ def load_shards(dataset: str, data_dir: Union[str, os.PathLike], *, config: Opti
             keep[chosen] = True
             n = len(chosen)
         mode = train_frames if split == "train" else "middle"
+        check_frame_size(tf, tfds, builder, path, split, image_size, video_crop)
         ds = _make_pipeline(tf, tfds, builder, split, keep=keep, image_size=image_size, frames=frames,
-                            mode=mode, seed=seed, batch_size=batch_size)
+                            mode=mode, seed=seed, batch_size=batch_size, crop=video_crop, where=str(path))
         x_a = x_v = None
         y = np.empty(n, np.int32)
         at = 0

@@ -1,7 +1,8 @@
 """Batch streams for training: unpaired (two independent shuffles) or paired (same index).
 
 Each yields dicts ``{"x_s", "y_s", "x_t"}`` (plus ``"y_t"``) of numpy arrays with a fixed batch
-size (the last incomplete batch is dropped so the compiled step never sees a new shape).
+size: the last incomplete batch is dropped, so the compiled step never sees a new shape, unless
+``keep_last`` (the release's DataLoader keeps it: one more compiled shape, ``n % batch_size`` rows).
 NumPy only: moving batches to the devices is ``ucmkd_jax.parallel.prefetch_to_device``.
 """
 from __future__ import annotations
@@ -15,16 +16,22 @@ from ucmkd_jax.data.base import Split
 __all__ = ["steps_per_epoch", "train_batches", "eval_batches"]
 
 
-def steps_per_epoch(n_student: int, batch_size: int) -> int:
+def steps_per_epoch(n_student: int, batch_size: int, keep_last: bool = False) -> int:
+    """Batches per epoch: ``n // batch_size``, plus the last partial batch with ``keep_last``."""
     if n_student < batch_size:
         raise ValueError(f"the student train split has {n_student} samples, fewer than one batch "
                          f"of {batch_size}: lower --batch-size")
-    return n_student // batch_size
+    return -(-n_student // batch_size) if keep_last else n_student // batch_size
 
 
 def train_batches(student: Split, teacher: Split | None, batch_size: int, epoch_seed: np.random.SeedSequence,
-                  pairing: str = "unpaired", rows: np.ndarray | None = None) -> Iterator[dict]:
+                  pairing: str = "unpaired", rows: np.ndarray | None = None,
+                  keep_last: bool = False) -> Iterator[dict]:
     """One epoch of training batches.
+
+    keep_last: also yield the last partial batch (``n % batch_size`` rows; its teacher batch has
+      as many). With ``rows`` it must be absent (``n % batch_size == 0``): a process's rows are
+      those of a full batch.
 
     rows: only these rows of every batch (a process of a multi-host run gathers the rows its
       devices hold, ``parallel.local_rows``); the batch order is the same as without.
@@ -46,12 +53,16 @@ def train_batches(student: Split, teacher: Split | None, batch_size: int, epoch_
             raise ValueError(f"paired batches need equal train splits, got {n} student and {len(teacher)} teacher samples")
     elif pairing != "none":
         raise ValueError(f"unknown pairing {pairing!r}")
+    if keep_last and rows is not None and n % batch_size:
+        raise ValueError(f"a partial last batch ({n % batch_size} of {batch_size} rows) cannot be split over "
+                         f"processes: drop it (train.last_batch=drop)")
     keep = slice(None) if rows is None else rows
-    for b in range(steps_per_epoch(n, batch_size)):
-        idx = order[b * batch_size:(b + 1) * batch_size][keep]
+    for b in range(steps_per_epoch(n, batch_size, keep_last)):
+        lo, hi = b * batch_size, min((b + 1) * batch_size, n)  # hi - lo < batch_size: the kept partial batch
+        idx = order[lo:hi][keep]
         batch = {"x_s": student.x[idx], "y_s": student.y[idx].astype(np.int32)}
         if pairing == "unpaired":
-            t_idx = t_order[b * batch_size:(b + 1) * batch_size][keep]
+            t_idx = t_order[lo:hi][keep]
         elif pairing == "paired":
             t_idx = idx
         else:
