@@ -1,10 +1,24 @@
 """Shared fixtures: tiny models and batches (compile time dominates on CPU, so keep them tiny
 and module- or session-scoped)."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Compile time dominates the suite on a CPU: LLVM's backend optimisations cost a quarter of it
 # (tests/methods/test_baselines.py: 61 s -> 46 s) and buy nothing for tiny shapes.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+
+# XLA's persistent compilation cache, one folder per pytest session, made by the main process
+# before the xdist workers start: the workers and every subprocess a test starts (the CLI runs,
+# the multi-host processes) inherit it, so a program compiled once anywhere in the session is
+# read back elsewhere instead of compiled again. It starts empty, as in CI, and is removed at exit.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="ucmkd_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    atexit.register(shutil.rmtree, _XLA_CACHE, True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -34,31 +48,6 @@ def tiny_pair():
     return teacher, student, tv, sv, batch
 
 
-_CACHE_KEYS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-               "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module")
-def shared_xla_cache(tmp_path_factory):
-    """XLA's persistent compilation cache in one folder per session, shared by the xdist workers
-    (restored afterwards), for modules that compile the same programs through different entry
-    points (CLI and API)."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    old = {k: getattr(jax.config, k) for k in _CACHE_KEYS}
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cache for all xdist workers (writes are atomic)
-        base = base.parent
-    jax.config.update("jax_compilation_cache_dir", str(base / "ucmkd_xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-
-
 @pytest.fixture
 def no_compile(caplog):
     """A context manager that fails the test if JAX compiles anything inside its block."""
@@ -72,3 +61,4 @@ def no_compile(caplog):
         compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
         assert not compiled, compiled[:3]
     return block
+

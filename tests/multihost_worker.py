@@ -24,7 +24,9 @@ def main():
     p.add_argument("--local-devices", type=int, required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
+    # as tests/conftest.py: LLVM optimisations cost compile time and buy nothing at these sizes
+    os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.local_devices} "
+                               f"--xla_backend_optimization_level=0")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import jax

@@ -23,7 +23,6 @@ FORMS = {
 }
 PAIRS = [("frames", "image32", {}), ("image8", "vector", {"latent_dim": 16, "mlp_depth": 3})]
 TINY = dict(width=2, epochs=1, teacher_epochs=1, batch_size=16, progress=False)
-pytestmark = pytest.mark.usefixtures("shared_xla_cache")  # tests/conftest.py
 
 
 def data(form):

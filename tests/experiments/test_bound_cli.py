@@ -24,7 +24,7 @@ def small():
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory, small, shared_xla_cache):
+def result(tmp_path_factory, small):
     out = str(tmp_path_factory.mktemp("bound"))
     return out, bound_cli.main(ARGS + ["--out", out], dataset=small)
 

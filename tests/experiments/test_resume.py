@@ -19,14 +19,10 @@ def _cmd(out):
 
 
 @pytest.fixture(scope="module")
-def env(shared_xla_cache):
-    # the session's persistent XLA cache (tests/conftest.py) for this process and the two
-    # subprocesses: the programs are compiled once
-    import jax
-
-    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-                JAX_PLATFORMS="cpu")
+def env():
+    # the subprocesses inherit the session's persistent XLA cache (tests/conftest.py): the
+    # programs this process compiled are read back, not compiled again
+    return dict(os.environ, JAX_PLATFORMS="cpu")
 
 
 def _finished_epochs(out):

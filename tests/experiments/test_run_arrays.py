@@ -29,7 +29,6 @@ FORMS = {
 # get a projection), the second shares a 16-d latent (no projection) with a 3-layer MLP.
 PAIRS = [("frames", "image32", []), ("image8", "vector", ["--latent-dim", "16", "--mlp-depth", "3"])]
 TINY = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16", "--no-progress"]
-pytestmark = pytest.mark.usefixtures("shared_xla_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def small():
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, small, shared_xla_cache):
+def swept(tmp_path_factory, small):
     out = str(tmp_path_factory.mktemp("sweep"))
     state = sweep.main(ARGS + ["--lambdas-fa", "0.5", "--lambdas-la", "0.5", "--out", out], dataset=small)
     return out, state
