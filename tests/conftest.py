@@ -28,27 +28,6 @@ import pytest  # noqa: E402
 from ucmkd_jax.models import build_model  # noqa: E402
 
 
-# The longest files first (``pytest --durations``, 2 cores): xdist's loadfile hands out whole files,
-# and with the longest last (its default orders files by their number of tests) one worker ran
-# tests/test_multihost.py alone at the end while the other idled. Longest-first, the short files
-# fill in the end. pyproject's addopts pass --no-loadscope-reorder so that this order is kept.
-LONGEST_FIRST = (
-    "tests/test_multihost.py", "tests/methods/test_ucmkd.py", "tests/experiments/test_run_arrays.py",
-    "tests/benchmarks/test_step_bench.py", "tests/test_train.py", "tests/methods/test_step.py",
-    "tests/experiments/test_resume.py", "tests/methods/test_baselines.py", "tests/experiments/test_run.py",
-    "tests/methods/test_precision.py", "tests/data/test_pipeline.py", "tests/test_release_parity.py",
-    "tests/test_api.py", "tests/test_parallel.py", "tests/experiments/test_sweep.py",
-    "tests/experiments/test_bound_cli.py", "tests/data_prep/test_prep_determinism.py",
-    "tests/methods/test_vit_methods.py", "tests/models/test_resnet.py", "tests/test_protocol.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    # a stable sort: each file's tests stay together and in order, the other files keep theirs
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
