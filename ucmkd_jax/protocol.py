@@ -255,7 +255,8 @@ def _fingerprint(cfg: ExperimentConfig, method: str, seed: int, n_train: int, n_
     return {"method": method, "seed": seed, "direction": cfg.direction, "dataset": cfg.dataset,
             "unpaired": cfg.unpaired, "subsample": cfg.subsample, "student_train": n_train,
             "teacher_pool": n_pool, "shard_config": cfg.shard_config, "image_size": cfg.image_size,
-            "video_crop": cfg.video_crop, "video_flip": cfg.video_flip, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
+            "video_crop": cfg.video_crop, "video_flip": cfg.video_flip, "model": to_dict(cfg.model),
+            "train": to_dict(cfg.train),
             "optim": to_dict(cfg.optim), "method_config": to_dict(cfg.method)}
 
 

@@ -61,6 +61,7 @@ import numpy as np
 
 from ucmkd_jax.data.shards import VIDEO_CROPS, check_frame_size, decode_frame, find_shard_dir, import_tf
 from ucmkd_jax.data.spec import FRAMES, LABEL, SPECTROGRAM, SPECTROGRAM_SHAPE
+from ucmkd_jax.data.streams import steps_per_epoch
 
 __all__ = ["ShardStream", "train_labels", "protocol_streams", "MODALITY_SHAPES"]
 
@@ -191,7 +192,7 @@ class ShardStream:
         if self.num_samples < batch_size:
             raise ValueError(f"the student pool has {self.num_samples} clips, fewer than one batch of "
                              f"{batch_size}: lower --batch-size")
-        return -(-self.num_samples // batch_size) if keep_last else self.num_samples // batch_size
+        return steps_per_epoch(self.num_samples, batch_size, keep_last)
 
     def epoch_batches(self, epoch: int, batch_size: int, with_teacher: bool = True,
                       start_step: int = 0, rows: Optional[np.ndarray] = None,
