@@ -5,9 +5,33 @@ import os
 import shutil
 import tempfile
 
-# Compile time dominates the suite on a CPU: LLVM's backend optimisations cost a quarter of it
-# (tests/methods/test_baselines.py: 61 s -> 46 s) and buy nothing for tiny shapes.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+
+
+def _compile_speed_flags() -> str:
+    """XLA flags that shorten CPU compiles and buy nothing at the suite's tiny shapes (measured in
+    benchmarks/NOTES.md, "The test suite's time on 2 cores"): LLVM's backend optimisations off
+    (tests/methods/test_baselines.py: 61 s -> 46 s) and XLA:CPU's MLIR fusion emitters off in
+    favour of the older elemental emitters, one codegen split (a ucmkd step's backend compile
+    11.4 s -> 6.7 s). An XLA that does not know a flag aborts at start-up, so each one is passed
+    only where the installed jaxlib names it."""
+    flags = ["--xla_backend_optimization_level=0"]
+    optional = ("xla_cpu_use_fusion_emitters=false", "xla_cpu_parallel_codegen_split_count=1")
+    try:
+        import importlib.util
+        import mmap
+
+        lib = os.path.join(os.path.dirname(importlib.util.find_spec("jaxlib").origin), "libjax_common.so")
+        with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            flags += ["--" + o for o in optional if m.find(o.split("=")[0].encode()) >= 0]
+    except (OSError, ValueError, AttributeError):  # another jaxlib layout: the default emitters
+        pass
+    return " ".join(flags)
+
+
+# Subprocesses that choose their own device count (tests/test_parallel.py, the multi-host tests)
+# add these to --xla_force_host_platform_device_count.
+os.environ.setdefault("UCMKD_TEST_XLA_FLAGS", _compile_speed_flags())
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 " + os.environ["UCMKD_TEST_XLA_FLAGS"])
 
 # XLA's persistent compilation cache, one folder per pytest session, made by the main process
 # before the xdist workers start: the workers and every subprocess a test starts (the CLI runs,

@@ -24,9 +24,9 @@ def main():
     p.add_argument("--local-devices", type=int, required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    # as tests/conftest.py: LLVM optimisations cost compile time and buy nothing at these sizes
+    # the compile-speed flags of tests/conftest.py (passed down by tests/test_multihost.py)
     os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.local_devices} "
-                               f"--xla_backend_optimization_level=0")
+                               + os.environ.get("UCMKD_TEST_XLA_FLAGS", ""))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     import jax

@@ -32,8 +32,8 @@ def _free_port() -> int:
 
 
 def _env(cache_dir, processes: int, process_id: int, local_devices: int, port: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices} "
-                                     f"--xla_backend_optimization_level=0",  # as tests/conftest.py
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices} "  # as tests/conftest.py
+                                     + os.environ.get("UCMKD_TEST_XLA_FLAGS", ""),
                JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=ROOT)
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):

@@ -55,7 +55,7 @@ METHODS = ("ucmkd",)  # the OT over the global batch and global BatchNorm: the c
 @pytest.fixture(scope="module")
 def report():
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+               XLA_FLAGS="--xla_force_host_platform_device_count=8 " + os.environ.get("UCMKD_TEST_XLA_FLAGS", ""))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *METHODS], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)

@@ -75,7 +75,10 @@ def test_remat_and_bfloat16(tiny):
 
     (l0, g0), (l1, g1) = loss(model)(v["params"]["encoder"]), loss(remat)(v["params"]["encoder"])
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+    # Recomputing the forward in the backward pass fuses it differently: float32 rounding moves
+    # an entry by up to ~1e-4 of the array's largest (the plain program itself moves that much
+    # between two XLA optimisation settings, measured); a wrong rematerialisation moves it by O(1).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3 * float(np.max(np.abs(b)))), g1, g0)
     z_half, _ = _z(half)(v["params"]["encoder"], {}, x)
     z, _ = _z(model)(v["params"]["encoder"], {}, x)
     assert z_half.dtype == jnp.float32
