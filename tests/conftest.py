@@ -61,8 +61,8 @@ def rng():
 def tiny_pair():
     """(teacher on audio (12, 16, 1), student on video (2, 8, 8, 3)), ResNet-18 width 2, 3
     classes, with variables and one unpaired batch of 8."""
-    teacher = build_model("audio", (12, 16, 1), 3, width=2, name="teacher")
-    student = build_model("video", (2, 8, 8, 3), 3, width=2, name="student")
+    teacher = build_model("audio", (12, 16, 1), 3, "resnet10", width=2, name="teacher")
+    student = build_model("video", (2, 8, 8, 3), 3, "resnet10", width=2, name="student")
     tv = teacher.init(jax.random.PRNGKey(0))
     sv = student.init(jax.random.PRNGKey(1))
     k = jax.random.split(jax.random.PRNGKey(2), 3)

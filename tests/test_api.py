@@ -21,7 +21,9 @@ FORMS = {
     "frames": ((2, 8, 8, 3), (48, 12, 12), 3),
     "image8": ((8, 8, 1), (48, 0, 12), 4),
 }
-PAIRS = [("frames", "image32", {}), ("image8", "vector", {"latent_dim": 16, "mlp_depth": 3})]
+# ResNet-10 on the image-like side of each pair, as tests/experiments/test_run_arrays.py's --backbone
+PAIRS = [("frames", "image32", {"teacher_backbone": "resnet10", "student_backbone": "resnet10"}),
+         ("image8", "vector", {"latent_dim": 16, "mlp_depth": 3, "teacher_backbone": "resnet10"})]
 TINY = dict(width=2, epochs=1, teacher_epochs=1, batch_size=16, progress=False)
 
 

@@ -18,7 +18,7 @@ from ucmkd_jax.config import to_dict
 from ucmkd_jax.data.arrays import toy_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16",
+TINY = ["--backbone", "resnet10", "--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16",
         "--no-progress"]
 
 

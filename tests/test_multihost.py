@@ -77,14 +77,23 @@ def _finish(procs, timeout=TIMEOUT):
 def step_results(tmp_path_factory):
     """(one process x 4 devices, two processes x 2 devices) of tests/multihost_worker.py."""
     d = tmp_path_factory.mktemp("multihost")
-    out = {}
+    runs = {}  # both runs at once: the two-process run waits on its partner and the coordinator
     for name, processes, local in (("one", 1, 4), ("two", 2, 2)):
         path = str(d / f"{name}.npz")
-        _finish(_start(lambda i, port: [sys.executable, WORKER, "--processes", str(processes), "--process-id", str(i),
-                                        "--port", str(port), "--local-devices", str(local), "--out", path],
-                       processes, local, d / "cache", str(d)))
-        out[name] = dict(np.load(path))
-    return out
+        runs[name] = path, _start(lambda i, port: [sys.executable, WORKER, "--processes", str(processes),
+                                                   "--process-id", str(i), "--port", str(port),
+                                                   "--local-devices", str(local), "--out", path],
+                                  processes, local, d / "cache", str(d))
+    try:
+        for path, procs in runs.values():
+            _finish(procs)
+    finally:
+        for _, procs in runs.values():  # a failure in one run ends the other too
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    return {name: dict(np.load(path)) for name, (path, _) in runs.items()}
 
 
 @pytest.mark.parametrize("part", ["steps/ce/", "steps/ucmkd/", "steps/ucmkd_unrolled/", "teacher/"])

@@ -19,8 +19,8 @@ SCRIPT = textwrap.dedent("""
     from ucmkd_jax.parallel import data_mesh, replicate, shard_batch
 
     assert jax.device_count() == 8, jax.devices()
-    teacher = build_model("audio", (12, 16, 1), 3, width=2, name="teacher")
-    student = build_model("video", (2, 8, 8, 3), 3, width=2, name="student")
+    teacher = build_model("audio", (12, 16, 1), 3, "resnet10", width=2, name="teacher")
+    student = build_model("video", (2, 8, 8, 3), 3, "resnet10", width=2, name="student")
     tv, sv = teacher.init(jax.random.PRNGKey(0)), student.init(jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
     batch = {"x_s": rng.normal(size=(16, 2, 8, 8, 3)).astype(np.float32),

@@ -54,7 +54,7 @@ def test_a_too_small_split_is_named_before_anything_is_compiled(small, no_compil
 
 def test_the_step_cache_builds_once_per_setting(tiny_pair):
     teacher, student, _, _, _ = tiny_pair
-    twin = build_model("video", student.input_shape, student.num_classes, width=2, name="student")
+    twin = build_model("video", student.input_shape, student.num_classes, "resnet10", width=2, name="student")
     cache = StepCache()
     kw = dict(method_config=get_preset("synthetic").method, optim=OptimConfig(), steps_per_epoch=3, epochs=2)
     a = cache.train_step("ucmkd", student, teacher, **kw)
@@ -90,7 +90,7 @@ def test_release_teacher_recipe_shared_over_seeds_and_stopped_at_its_target(smal
         base.train, batch_size=16, teacher_epochs=3, precise_bn=0, teacher_recipe="release", teacher_stop_acc=1e-6,
         shared_teacher=True, model_selection="test"))
     t, s = small.modalities["audio"], small.modalities["video"]
-    teacher = build_model("audio", t.sample_shape, small.num_classes, width=2, name="teacher")
+    teacher = build_model("audio", t.sample_shape, small.num_classes, "resnet10", width=2, name="teacher")
     cache = StepCache()
     kw = dict(teacher_data=t, student_data=s, paired=True, teacher_model=teacher, need_teacher=True, progress=False,
               teacher_root=str(tmp_path), cache=cache)

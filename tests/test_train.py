@@ -26,8 +26,8 @@ def cache():
 def small():
     ds = make_synthetic(0, n_train=64, n_val=32, n_test=32)
     audio, video = ds.modalities["audio"], ds.modalities["video"]
-    teacher = build_model("audio", audio.sample_shape, 6, width=2, stem="imagenet", name="teacher")
-    student = build_model("video", video.sample_shape, 6, width=2, stem="imagenet", name="student")
+    teacher = build_model("audio", audio.sample_shape, 6, "resnet10", width=2, stem="imagenet", name="teacher")
+    student = build_model("video", video.sample_shape, 6, "resnet10", width=2, stem="imagenet", name="student")
     return ds, audio, video, teacher, student, teacher.init(jax.random.PRNGKey(0)), student.init(jax.random.PRNGKey(1))
 
 

@@ -121,7 +121,7 @@ def distill(teacher=None, student_data=None, teacher_data=None, method: str = "u
         with ResNet encoders: they distil feature maps).
       num_classes: K, if a class may be absent from one side (default: 1 + the largest label).
       teacher_backbone, student_backbone: "auto" (mlp for vectors, resnet18 otherwise) or a name
-        in ``ucmkd_jax.models.BACKBONES`` ("mlp", "resnet18", "resnet34", "resnet50", "vit_s16",
+        in ``ucmkd_jax.models.BACKBONES`` ("mlp", "resnet10", "resnet18", "resnet34", "resnet50", "vit_s16",
         "vit_b16", "vit_l16").
       width: first-stage ResNet channels (64 = the paper); MLP hidden size is 4 * width.
       latent_dim: the shared latent size (default 512, or the given teacher's).

@@ -373,7 +373,8 @@ def test_run_cli_streams_a_real_dataset_end_to_end(data_dir, tmp_path):
     from experiments import run
 
     out = tmp_path / "run"
-    records = run.main(["--dataset", "crema_d", "--data-dir", str(data_dir), "--image-size", str(S), "--width", "2",
+    records = run.main(["--dataset", "crema_d", "--data-dir", str(data_dir), "--image-size", str(S), "--backbone", "resnet10",
+                        "--width", "2",
                         "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "4",
                         "--eval-batch-size", "4",
                         "--methods", "feature_kd", "--unpaired", "medium", "--no-progress", "--out", str(out)])

@@ -14,7 +14,7 @@ import pytest
 from experiments import bound as bound_cli
 from ucmkd_jax.data import make_synthetic
 
-ARGS = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--no-progress",
+ARGS = ["--backbone", "resnet10", "--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--no-progress",
         "--methods", "ce,feature_kd"]
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARGS = ["--width", "2", "--epochs", "3", "--teacher-epochs", "1", "--seeds", "1", "--methods", "feature_kd",
+ARGS = ["--backbone", "resnet10", "--width", "2", "--epochs", "3", "--teacher-epochs", "1", "--seeds", "1", "--methods", "feature_kd",
         "--no-progress"]
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.run import main
 
-ARGS = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--no-progress"]
+ARGS = ["--backbone", "resnet10", "--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ FORMS = {
 # (teacher, student, extra flags): the first keeps the default latent 512 (the 16-channel ResNets
 # get a projection), the second shares a 16-d latent (no projection) with a 3-layer MLP.
 PAIRS = [("frames", "image32", []), ("image8", "vector", ["--latent-dim", "16", "--mlp-depth", "3"])]
-TINY = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16", "--no-progress"]
+TINY = ["--backbone", "resnet10", "--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_config_records_models_and_files(pair_run, npz):
         if form == "vector":
             assert (model["kind"], model["backbone"], model["depth"], model["projection"]) == ("vector", "mlp", 3, False)
         else:  # below 64 px: the small-input stem; width 2 pools to 16 channels (projected to 512)
-            assert (model["backbone"], model["stem"], model["projection"]) == ("resnet18", "small", latent != 16)
+            assert (model["backbone"], model["stem"], model["projection"]) == ("resnet10", "small", latent != 16)
             assert model["kind"] == ("video" if form == "frames" else "image")
         sizes = FORMS[form][1]
         expected = [sizes[0] - 6, 6, sizes[2]] if sizes[1] == 0 else list(sizes)
@@ -138,7 +138,8 @@ def test_notices_are_printed_and_written(pair_run):
 # ------------------------------------------------------------------------ CLI == API, resume
 def test_cli_and_api_give_the_same_numbers(cli_runs, npz):
     t, s, _, records, _ = cli_runs(1)
-    api = distill(teacher_data=npz[t], student_data=npz[s], method="ucmkd", width=2, latent_dim=16, mlp_depth=3,
+    api = distill(teacher_data=npz[t], student_data=npz[s], method="ucmkd", teacher_backbone="resnet10", width=2,
+                  latent_dim=16, mlp_depth=3,
                   epochs=1, teacher_epochs=1, batch_size=16, progress=False, log=None).metrics
     cli = records[1]
     for k in ("val_acc", "test_acc", "test_ce", "teacher_val_acc", "teacher_test_acc", "best_epoch", "method"):

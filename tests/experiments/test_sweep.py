@@ -13,7 +13,7 @@ from experiments import report, sweep
 from ucmkd_jax import experiment
 from ucmkd_jax.data import make_synthetic
 
-ARGS = ["--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--no-progress"]
+ARGS = ["--backbone", "resnet10", "--width", "2", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -250,8 +250,8 @@ def test_non_target_kl_against_reference(rng):
 def zoo():
     """Audio teacher (16 x 24 spectrograms) -> video student (2 frames of 16 x 16): the stage
     maps differ in size, so every resize and frame-averaging path runs. ResNet-18 width 4."""
-    teacher = build_model("audio", (16, 24, 1), 3, width=4, name="teacher")
-    student = build_model("video", (2, 16, 16, 3), 3, width=4, name="student")
+    teacher = build_model("audio", (16, 24, 1), 3, "resnet10", width=4, name="teacher")
+    student = build_model("video", (2, 16, 16, 3), 3, "resnet10", width=4, name="student")
     with jax.default_prng_impl("unsafe_rbg"):  # threefry init kernels take ~20 s to compile on 2 cores
         tv, sv = jax.jit(teacher.init)(jax.random.PRNGKey(0)), jax.jit(student.init)(jax.random.PRNGKey(1))
     r = np.random.default_rng(2)

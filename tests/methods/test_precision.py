@@ -10,8 +10,8 @@ from ucmkd_jax.optim import OptimConfig, learning_rate_schedule, outer_optimizer
 
 
 def _losses(dtype, method, steps=3):
-    teacher = build_model("audio", (12, 12, 1), 3, width=2, dtype=dtype, name="teacher")
-    student = build_model("video", (2, 8, 8, 3), 3, width=2, dtype=dtype, name="student")
+    teacher = build_model("audio", (12, 12, 1), 3, "resnet10", width=2, dtype=dtype, name="teacher")
+    student = build_model("video", (2, 8, 8, 3), 3, "resnet10", width=2, dtype=dtype, name="student")
     tv, sv = teacher.init(jax.random.PRNGKey(0)), student.init(jax.random.PRNGKey(1))
     k = jax.random.split(jax.random.PRNGKey(2), 2)
     batch = {"x_s": jax.random.normal(k[0], (16, 2, 8, 8, 3)), "y_s": jnp.arange(16, dtype=jnp.int32) % 3,

@@ -84,7 +84,7 @@ def test_nonfinite_update_is_skipped_and_recorded(tiny_pair):
 
 def test_latent_mismatch_is_refused(tiny_pair):
     teacher, *_ = tiny_pair
-    student = build_model("video", (2, 8, 8, 3), 3, width=4, name="student")
+    student = build_model("video", (2, 8, 8, 3), 3, "resnet10", width=4, name="student")
     with pytest.raises(ValueError, match="student latent dim 32 != teacher latent dim 16"):
         get_method("ucmkd").build(student, teacher, CFG)
 

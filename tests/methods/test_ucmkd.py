@@ -136,8 +136,8 @@ def test_unrolled_modes_agree_and_are_finite_on_conv_models():
     """ResNet students with BatchNorm in float32 at the default FA (cosine, 100 iterations, which
     converge here): forward-over-reverse and reverse-over-reverse give one finite hypergradient.
     (OTT's fixed-length Sinkhorn mode made both NaN in this setting: see feature_alignment.)"""
-    teacher = build_model("audio", (16, 24, 1), 3, width=4, name="teacher")
-    student = build_model("video", (2, 16, 16, 3), 3, width=4, name="student")
+    teacher = build_model("audio", (16, 24, 1), 3, "resnet10", width=4, name="teacher")
+    student = build_model("video", (2, 16, 16, 3), 3, "resnet10", width=4, name="student")
     tv, sv = teacher.init(jax.random.PRNGKey(0)), student.init(jax.random.PRNGKey(1))
     k = jax.random.split(jax.random.PRNGKey(2), 2)
     batch = {"x_s": jax.random.normal(k[0], (16, 2, 16, 16, 3)), "y_s": jnp.arange(16, dtype=jnp.int32) % 3,

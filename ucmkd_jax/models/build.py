@@ -114,7 +114,7 @@ def build_model(modality: str, input_shape, num_classes: int, backbone: str = "a
         and averaged) or "vector" (N, D).
       input_shape: the per-sample shape (no batch axis).
       num_classes: K.
-      backbone: a name in ``BACKBONES`` ("resnet18", "resnet34", "resnet50", "vit_s16", "vit_b16",
+      backbone: a name in ``BACKBONES`` ("resnet10", "resnet18", "resnet34", "resnet50", "vit_s16", "vit_b16",
         "vit_l16", "mlp") or "auto" (``default_backbone``).
       width: first-stage ResNet channels (64 = the paper's ResNet-18, latent 512); the MLP's
         hidden size is max(4 * width, 8); a ViT's head width (64 = the standard ViT-S/B/L: 384,
