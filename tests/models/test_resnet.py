@@ -10,8 +10,8 @@ from ucmkd_jax.models import build_model
 @pytest.mark.parametrize("backbone,width,latent", [("resnet18", 4, 32), ("resnet50", 2, 64)])
 def test_latent_sizes(backbone, width, latent):
     m = build_model("audio", (16, 20, 1), 5, backbone=backbone, width=width)
-    v = m.init(jax.random.PRNGKey(0))
-    logits, z, _ = m.apply(v, jnp.ones((3, 16, 20, 1)))
+    v = jax.eval_shape(m.init, jax.random.PRNGKey(0))  # shapes only: nothing to compile
+    logits, z, _ = jax.eval_shape(m.apply, v, jnp.ones((3, 16, 20, 1)))
     assert z.shape == (3, latent) and logits.shape == (3, 5) and m.latent_dim == latent
 
 
@@ -26,21 +26,23 @@ def test_paper_resnet18_has_512_latent_and_11m_params():
 
 
 def test_video_is_mean_over_frames_of_per_frame_features():
-    m = build_model("video", (3, 8, 8, 3), 4, width=2)
+    m = build_model("video", (3, 8, 8, 3), 4, "resnet10", width=2)
     v = m.init(jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8, 8, 3))
-    z, _ = m.encode(v["params"]["encoder"], v["batch_stats"], x, train=False)
-    single = build_model("image", (8, 8, 3), 4, width=2)
-    per_frame = [single.encode(v["params"]["encoder"], v["batch_stats"], x[:, t], train=False)[0] for t in range(3)]
+    z, _ = jax.jit(lambda p, s, x: m.encode(p, s, x, train=False))(v["params"]["encoder"], v["batch_stats"], x)
+    single = build_model("image", (8, 8, 3), 4, "resnet10", width=2)
+    frame = jax.jit(lambda p, s, x: single.encode(p, s, x, train=False)[0])
+    per_frame = [frame(v["params"]["encoder"], v["batch_stats"], x[:, t]) for t in range(3)]
     np.testing.assert_allclose(z, np.mean(per_frame, axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_train_mode_updates_batch_stats_eval_mode_does_not():
-    m = build_model("image", (8, 8, 3), 4, width=2)
+    m = build_model("image", (8, 8, 3), 4, "resnet10", width=2)
     v = m.init(jax.random.PRNGKey(0))
     x = 3 + jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
-    _, s_train = m.encode(v["params"]["encoder"], v["batch_stats"], x, train=True)
-    _, s_eval = m.encode(v["params"]["encoder"], v["batch_stats"], x, train=False)
+    encode = jax.jit(m.encode, static_argnames="train")
+    _, s_train = encode(v["params"]["encoder"], v["batch_stats"], x, train=True)
+    _, s_eval = encode(v["params"]["encoder"], v["batch_stats"], x, train=False)
     changed = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(s_train), jax.tree.leaves(v["batch_stats"]))]
     assert max(changed) > 0
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(s_eval), jax.tree.leaves(v["batch_stats"])))
