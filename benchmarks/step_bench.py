@@ -116,6 +116,8 @@ TORCH_METHOD = {"teacher_fwd": "teacher_fwd", "ce": "ce", "feature_kd": "feature
 FULL = {"batch": 64, "audio_hw": (257, 1004), "video_thw": (2, 224, 224), "width": 64}  # CREMA-D
 SMALL = {"batch": 16, "audio_hw": (64, 128), "video_thw": (2, 48, 48), "width": 16}  # a 2-core CPU
 NUM_CLASSES = 6  # CREMA-D emotions
+RESNET_ARCHS = ("resnet18", "resnet10")  # --arch values that put a ResNet on both sides
+TORCH_STAGES = {"resnet18": (2, 2, 2, 2), "resnet10": (1, 1, 1, 1)}  # basic blocks per stage, as ucmkd_jax's STAGES
 
 REQUIRED_KEYS = ("method", "direction", "hypergrad", "dtype", "batch", "device", "compile_s",
                  "ms_per_step_median", "samples_per_s")
@@ -246,8 +248,9 @@ def _build_models_and_batch(direction: str, shapes: dict, dtype: str, stem: str,
     s_mod, t_mod = ("video", "audio") if direction == "a2v" else ("audio", "video")
     vit = (lambda role, mod: vit_cases.jax_model_kwargs(shapes, role, mod) if "arch" in shapes else {})  # noqa: E731
     # ResNets: how the imagenet stem's convolution and max-pool are computed (--stem-impl, --pool-impl).
-    resnet = ({"options": {k: shapes[k] for k in ("stem_impl", "pool_impl", "conv_impl")}}
-              if "arch" not in shapes and "stem_impl" in shapes else {})
+    resnet = {} if "arch" in shapes else {"backbone": shapes.get("backbone", "resnet18")}
+    if "arch" not in shapes and "stem_impl" in shapes:
+        resnet["options"] = {k: shapes[k] for k in ("stem_impl", "pool_impl", "conv_impl")}
     teacher = build_model(t_mod, per_sample[t_mod], NUM_CLASSES, width=shapes["width"], stem=stem, dtype=cdtype,
                           name="teacher", **vit("teacher", t_mod), **resnet)
     student = build_model(s_mod, per_sample[s_mod], NUM_CLASSES, width=shapes["width"], stem=stem, dtype=cdtype,
@@ -394,7 +397,8 @@ def _torch_case(case: str, direction: str, shapes: dict, dtype: str, device: str
     return tr.TorchCase(TORCH_METHOD[case], direction, batch=shapes["batch"], audio_hw=shapes["audio_hw"],
                         video_thw=shapes["video_thw"], width=shapes["width"], num_classes=NUM_CLASSES, stem=stem,
                         dtype=dtype, device=device, seed=seed,
-                        vit=vit_cases.torch_vit_kwargs(shapes) if "arch" in shapes else None)
+                        vit=vit_cases.torch_vit_kwargs(shapes) if "arch" in shapes else None,
+                        stages=TORCH_STAGES[shapes.get("backbone", "resnet18")])
 
 
 def _torch_fields(case: str, tc, times: List[float], batch: int, dtype: str, interleaved: bool) -> dict:
@@ -582,9 +586,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--conv-impl", default="auto", help="ResNet block convolutions: auto, conv (plain), patches_when_small")
     p.add_argument("--stem", default="imagenet", choices=("imagenet", "small"),
                    help="ResNet stem on both sides (default imagenet, as the authors)")
-    p.add_argument("--arch", default="resnet18", choices=("resnet18",) + tuple(vit_cases.ARCHS),
-                   help="the backbones: ResNet-18 on both sides, or a ViT-B/16 or ViT-L/16 teacher and a ViT-S/16 "
-                        "student at their own shapes (benchmarks/vit_cases.py: batch 32, Tables 8 and 10)")
+    p.add_argument("--arch", default="resnet18", choices=RESNET_ARCHS + tuple(vit_cases.ARCHS),
+                   help="the backbones: ResNet-18 on both sides (resnet10: one basic block per stage, for smoke "
+                        "tests), or a ViT-B/16 or ViT-L/16 teacher and a ViT-S/16 student at their own shapes "
+                        "(benchmarks/vit_cases.py: batch 32, Tables 8 and 10)")
     p.add_argument("--vit-attention", default="auto", choices=("auto", "xla", "cudnn"),
                    help="ViT attention kernel (auto: cuDNN's fused one on a GPU in bf16; unrolled students: XLA)")
     p.add_argument("--vit-remat", action="store_true", help="ViT blocks under jax.checkpoint (memory for compute)")
@@ -638,7 +643,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     shapes = dict(SMALL if args.small else FULL)
-    if args.arch != "resnet18":
+    if args.arch in RESNET_ARCHS:
+        shapes["backbone"] = args.arch
+    else:
         shapes = vit_cases.shapes_for(args.arch, args.small, args.vit_attention, args.vit_remat)
     for key in ("batch", "width", "audio_hw", "video_thw"):
         if getattr(args, key) is not None:

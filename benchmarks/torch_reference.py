@@ -463,15 +463,15 @@ class TorchCase:
 
     def __init__(self, method: str, direction: str, *, batch: int, audio_hw, video_thw, width: int,
                  num_classes: int = 6, stem: str = "imagenet", dtype: str = "float32", device: str = "cpu",
-                 seed: int = 0, vit: Optional[dict] = None):
+                 seed: int = 0, vit: Optional[dict] = None, stages: Sequence[int] = (2, 2, 2, 2)):
         if direction not in ("a2v", "v2a"):
             raise ValueError(f"direction must be 'a2v' or 'v2a', got {direction!r}")
         torch.manual_seed(seed)
         s_mod, t_mod = ("video", "audio") if direction == "a2v" else ("audio", "video")
         self.device = device
         if vit is None:
-            self.student = build_model(s_mod, num_classes, width, stem, device)
-            self.teacher = build_model(t_mod, num_classes, width, stem, device)
+            self.student = build_model(s_mod, num_classes, width, stem, device, stages)
+            self.teacher = build_model(t_mod, num_classes, width, stem, device, stages)
         else:  # {"teacher": ..., "student": ...}: torch_vit.build_vit_model keywords (benchmarks/vit_cases.py)
             from benchmarks.torch_vit import build_vit_model
 

@@ -13,9 +13,9 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import step_bench  # noqa: E402
 
-# --small, shrunk further: the point is the plumbing, not the numbers.
-TINY = ["--small", "--batch", "4", "--width", "8", "--audio-hw", "32x64", "--video-thw", "2x32x32",
-        "--steps", "2", "--warmup", "1", "--no-peak"]
+# --small, shrunk further (and ResNet-10 for ResNet-18): the point is the plumbing, not the numbers.
+TINY = ["--small", "--arch", "resnet10", "--batch", "4", "--width", "8", "--audio-hw", "32x64",
+        "--video-thw", "2x32x32", "--steps", "2", "--warmup", "1", "--no-peak"]
 TINY_SHAPES = dict(batch=4, audio_hw=(32, 64), video_thw=(2, 32, 32), width=8)
 
 
@@ -48,6 +48,7 @@ def test_step_bench_small_writes_records(tmp_path, capsys):
         for key in step_bench.REQUIRED_KEYS:
             assert key in r, key
         assert r["direction"] == "a2v" and r["dtype"] == "float32" and r["batch"] == 4
+        assert r["arch"] == "resnet10"
         assert r["hypergrad"] == {"ce": None, "ucmkd": "first_order"}[r["case"]]
         assert r["device"].startswith(r["backend"] + ":")
         for key in ("compile_s", "ms_per_step_median", "ms_per_step_p10", "ms_per_step_p90",
