@@ -194,6 +194,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--direction", default="a2v", choices=("a2v", "v2a"),
                    help="a2v: audio teacher, video student (Table 9's CREMA-D A->V)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet10"),
+                   help="ResNet on both sides (resnet10: one basic block per stage, for smoke tests)")
     p.add_argument("--stem-impl", default="auto")
     p.add_argument("--pool-impl", default="auto")
     p.add_argument("--conv-impl", default="auto")
@@ -217,7 +219,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     shapes["video_thw"] = (2, s, s)
     if any(a > b for a, b in zip(shapes["audio_hw"], STORED_SPECTROGRAM_HW)):
         p.error(f"--audio-hw must fit in the stored {STORED_SPECTROGRAM_HW}")
-    shapes.update(stem_impl=args.stem_impl, pool_impl=args.pool_impl, conv_impl=args.conv_impl)
+    shapes.update(backbone=args.arch, stem_impl=args.stem_impl, pool_impl=args.pool_impl, conv_impl=args.conv_impl)
     args.shapes = shapes
     args.clips = args.clips or (256 if args.small else 1536)
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -259,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     platform = dev.platform
     shapes = args.shapes
     base = {"device": f"{platform}:{dev.device_kind}", "jax_version": jax.__version__, "dtype": args.dtype,
-            "direction": args.direction, "batch": shapes["batch"], "width": shapes["width"],
+            "direction": args.direction, "arch": args.arch, "batch": shapes["batch"], "width": shapes["width"],
             "audio_hw": list(shapes["audio_hw"]), "video_thw": list(shapes["video_thw"]),
             "stem_impl": resolve_impl("stem", args.stem_impl, platform),
             "pool_impl": resolve_impl("pool", args.pool_impl, platform),

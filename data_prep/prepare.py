@@ -265,8 +265,10 @@ def main(argv=None) -> int:
     good = dataclasses.replace(index, tasks=[t for t in index.tasks if t.clip_id not in failed])
     written = {s: 0 for s in ds_lib.SPLITS}
     if good.tasks:
-        import tensorflow_datasets as tfds
         from data_prep.builders import BUILDERS
+        from ucmkd_jax.data.tf_import import import_tf
+
+        _, tfds = import_tf()  # TFDS writes through TensorFlow: imported without Keras, off the GPUs
 
         cls = BUILDERS[index.dataset]
         known = {c.name for c in cls.BUILDER_CONFIGS}

@@ -33,6 +33,12 @@ def _compile_speed_flags() -> str:
 os.environ.setdefault("UCMKD_TEST_XLA_FLAGS", _compile_speed_flags())
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 " + os.environ["UCMKD_TEST_XLA_FLAGS"])
 
+# POT (the reference OT of the bench extra) probes every array backend it finds at import: keep it
+# from importing TensorFlow (seconds, in each xdist worker at collection) and CuPy, as
+# benchmarks/torch_reference.py does; its torch and JAX backends stay.
+for _backend in ("TENSORFLOW", "CUPY"):
+    os.environ.setdefault(f"POT_BACKEND_DISABLE_{_backend}", "1")
+
 # XLA's persistent compilation cache, one folder per pytest session, made by the main process
 # before the xdist workers start: the workers and every subprocess a test starts (the CLI runs,
 # the multi-host processes) inherit it, so a program compiled once anywhere in the session is

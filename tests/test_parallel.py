@@ -19,13 +19,15 @@ SCRIPT = textwrap.dedent("""
     from ucmkd_jax.parallel import data_mesh, replicate, shard_batch
 
     assert jax.device_count() == 8, jax.devices()
-    teacher = build_model("audio", (12, 16, 1), 3, "resnet10", width=2, name="teacher")
+    # the student (whose BatchNorm statistics and gradient are reduced across devices) a video
+    # ResNet; the teacher, frozen and in inference mode, an MLP of vectors (cheaper to compile)
     student = build_model("video", (2, 8, 8, 3), 3, "resnet10", width=2, name="student")
+    teacher = build_model("vector", (7,), 3, backbone="mlp", width=2, latent_dim=student.latent_dim, name="teacher")
     tv, sv = teacher.init(jax.random.PRNGKey(0)), student.init(jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
     batch = {"x_s": rng.normal(size=(16, 2, 8, 8, 3)).astype(np.float32),
              "y_s": (np.arange(16) % 3).astype(np.int32),
-             "x_t": rng.normal(size=(16, 12, 16, 1)).astype(np.float32)}
+             "x_t": rng.normal(size=(16, 7)).astype(np.float32)}
     optim = OptimConfig(lr=0.1, warmup_epochs=0.0)
     schedule = learning_rate_schedule(optim, 10, 1)
     tx = outer_optimizer(optim, schedule)

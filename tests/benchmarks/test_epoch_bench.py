@@ -16,7 +16,7 @@ pytest.importorskip("tensorflow_datasets", reason="epoch_bench writes TFDS shard
 from benchmarks import epoch_bench  # noqa: E402
 
 CLIPS, TRAIN_FRACTION, BATCH = 24, 0.9, 4
-TINY = ["--small", "--batch", str(BATCH), "--width", "8", "--audio-hw", "32x64", "--image-size", "32",
+TINY = ["--small", "--arch", "resnet10", "--batch", str(BATCH), "--width", "8", "--audio-hw", "32x64", "--image-size", "32",
         "--clips", str(CLIPS), "--frames", "3", "--train-fraction", str(TRAIN_FRACTION), "--methods", "ce",
         "--epochs", "1", "--read-epochs", "1"]
 
@@ -29,7 +29,7 @@ def test_epoch_bench_counts_every_batch(tmp_path, capsys):
     train = int(round(TRAIN_FRACTION * CLIPS))  # 22 train clips: 5 full batches of 4, the rest dropped
     assert timed["train_clips"] == train and timed["shards"]["train"] == train
     assert timed["steps"] == train // BATCH == read["steps"]
-    assert timed["method"] == "ce" and timed["epoch"] == 0 and read["read_only"]
+    assert timed["arch"] == "resnet10" and timed["method"] == "ce" and timed["epoch"] == 0 and read["read_only"]
     # the stored frames are cropped, not resized, to the image size
     assert timed["shards"]["frame_hw"] == list(epoch_bench.stored_frame_hw(32)) == [37, 49]
     assert timed["audio_hw"] == [32, 64] and timed["video_thw"] == [2, 32, 32]

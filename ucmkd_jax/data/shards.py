@@ -40,27 +40,13 @@ from ucmkd_jax.data.base import CrossModalDataset, ModalityData, Split
 from ucmkd_jax.data.spec import (CLIP_ID, DEFAULT_CONFIGS, FRAMES, IMAGENET_MEAN, IMAGENET_STD, LABEL,
                                  SPECTROGRAM, STORED_SHORT_SIDE)
 from ucmkd_jax.data.stratify import stratified_sample
+from ucmkd_jax.data.tf_import import import_tf
 
 __all__ = ["load_shards", "find_shard_dir", "import_tf", "decode_frame", "check_frame_size", "VIDEO_CROPS"]
 
 _SPLITS = ("train", "val", "test")
 # How a stored frame becomes S x S (``ExperimentConfig.video_crop``, docs/protocol.md row 11).
 VIDEO_CROPS = ("resize_crop", "center_crop")
-
-
-def import_tf():
-    """(tensorflow, tensorflow_datasets), imported on first use with TensorFlow kept off the GPUs;
-    an ImportError says which extra to install."""
-    try:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"reading prepared shards needs TensorFlow and TFDS: pip install -e '.[data]' ({e})") from e
-    try:  # the input pipeline runs on the host: keep TensorFlow off the accelerators JAX uses
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # pragma: no cover - TensorFlow's devices were initialised already
-        pass
-    return tf, tfds
 
 
 def _version_key(name: str):
