@@ -126,8 +126,12 @@ def npz(tmp_path_factory):
 
 
 def _cli_argv(npz, out):
+    """The CLI end to end with a teacher (pre-trained, cached, reused on the rerun) and a student
+    that distils from it. feature_kd rather than ucmkd: the multi-process numerics of the ucmkd
+    steps are step_results' part; here the orchestration is under test, and each of the five
+    processes is spared OTT's import and the bilevel step's compile."""
     return [sys.executable, RUN, "--dataset", "arrays", "--teacher-data", npz["teacher"], "--student-data",
-            npz["student"], "--methods", "ucmkd", "--width", "2", "--latent-dim", "8", "--epochs", "2",
+            npz["student"], "--methods", "feature_kd", "--width", "2", "--latent-dim", "8", "--epochs", "2",
             "--teacher-epochs", "1", "--seeds", "1", "--batch-size", "16", "--eval-batch-size", "16",
             "--set", "train.precise_bn=2", "--no-progress", "--out", str(out)]
 
@@ -151,9 +155,9 @@ def _same_runs(a, b):
 def test_two_process_cli_resumes_after_kill_writes_once_and_matches_one_process(npz, tmp_path):
     cache, logs = tmp_path / "cache", str(tmp_path)
     two, one = tmp_path / "two", tmp_path / "one"
-    # kill -9 both processes once ucmkd has checkpointed its first epoch (of 2) ...
+    # kill -9 both processes once the student has checkpointed its first epoch (of 2) ...
     procs = _start(lambda i, port: _cli_argv(npz, two), 2, 2, cache, logs)
-    mark = two / "checkpoints" / "teacher2student" / "ucmkd" / "seed0" / "latest" / "1"
+    mark = two / "checkpoints" / "teacher2student" / "feature_kd" / "seed0" / "latest" / "1"
     deadline = time.time() + TIMEOUT
     while not mark.exists() and time.time() < deadline and all(p.poll() is None for p, _ in procs):
         time.sleep(0.05)
@@ -163,16 +167,16 @@ def test_two_process_cli_resumes_after_kill_writes_once_and_matches_one_process(
         p.wait()
         log.close()
     assert mark.exists() and any(p.returncode == -signal.SIGKILL for p, _ in procs), "not killed mid-run"
-    # ... then rerun: the teacher comes from its cache and ucmkd resumes after epoch 1
+    # ... then rerun: the teacher comes from its cache and the student resumes after epoch 1
     outputs = _finish(_start(lambda i, port: _cli_argv(npz, two), 2, 2, cache, logs))
     assert "resuming after epoch 1/2" in outputs[0]
     # process 0 wrote the outputs and printed the table; process 1 only trained
     assert "wrote " in outputs[0] and "wrote " not in outputs[1]
-    for name in ("results.md", "curves.png", "config.json", "logs/teacher2student_ucmkd_seed0.jsonl"):
+    for name in ("results.md", "curves.png", "config.json", "logs/teacher2student_feature_kd_seed0.jsonl"):
         assert (two / name).exists(), name
     leftovers = [p for p in two.rglob("*") if ".tmp" in p.name or p.name == ".lock"]
     assert not leftovers, leftovers
-    with open(two / "logs" / "teacher2student_ucmkd_seed0.jsonl") as f:
+    with open(two / "logs" / "teacher2student_feature_kd_seed0.jsonl") as f:
         assert [json.loads(line)["epoch"] for line in f] == [1, 2]  # each epoch once: one writer
     # the same numbers as one process driving the same four devices, uninterrupted
     _finish(_start(lambda i, port: _cli_argv(npz, one), 1, 4, cache, logs))
