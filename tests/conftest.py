@@ -78,6 +78,23 @@ def tiny_pair():
     return teacher, student, tv, sv, batch
 
 
+@pytest.fixture(scope="session")
+def vector_arrays():
+    """``write(folder, sizes) -> {"teacher": path, "student": path}``: two ``--dataset arrays``
+    files of vectors (teacher dim 7, student dim 5, 3 classes, ``toy_arrays``), ``sizes`` =
+    (train, val, test) samples of each: the cheapest data for end-to-end runs in subprocesses."""
+    from ucmkd_jax.data.arrays import toy_arrays
+
+    def write(folder, sizes):
+        paths = {}
+        for role, dim, seed in (("teacher", 7, 1), ("student", 5, 2)):
+            paths[role] = str(folder / f"{role}.npz")
+            np.savez(paths[role], **toy_arrays((dim,), 3, sizes, seed=seed))
+        return paths
+
+    return write
+
+
 @pytest.fixture
 def no_compile(caplog):
     """A context manager that fails the test if JAX compiles anything inside its block."""

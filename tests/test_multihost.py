@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 
-from ucmkd_jax.data.arrays import toy_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")
@@ -116,13 +115,8 @@ def test_evaluation_counts_every_sample_once(step_results):
 
 
 @pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mh_arrays")
-    paths = {}
-    for role, dim, seed in (("teacher", 7, 1), ("student", 5, 2)):
-        paths[role] = str(d / f"{role}.npz")
-        np.savez(paths[role], **toy_arrays((dim,), 3, (64, 16, 16), seed=seed))
-    return paths
+def npz(tmp_path_factory, vector_arrays):
+    return vector_arrays(tmp_path_factory.mktemp("mh_arrays"), (64, 16, 16))
 
 
 def _cli_argv(npz, out):

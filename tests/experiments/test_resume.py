@@ -12,10 +12,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from ucmkd_jax.data.arrays import toy_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPOCHS = 6
@@ -23,12 +21,8 @@ RUN = ("teacher2student", "feature_kd", "seed0")
 
 
 @pytest.fixture(scope="module")
-def args(tmp_path_factory):
-    d = tmp_path_factory.mktemp("resume_arrays")
-    files = {}
-    for role, dim, seed in (("teacher", 7, 1), ("student", 5, 2)):
-        files[role] = str(d / f"{role}.npz")
-        np.savez(files[role], **toy_arrays((dim,), 3, (96, 24, 24), seed=seed))
+def args(tmp_path_factory, vector_arrays):
+    files = vector_arrays(tmp_path_factory.mktemp("resume_arrays"), (96, 24, 24))
     return ["--dataset", "arrays", "--teacher-data", files["teacher"], "--student-data", files["student"],
             "--width", "2", "--latent-dim", "8", "--epochs", str(EPOCHS), "--teacher-epochs", "1", "--seeds", "1",
             "--batch-size", "16", "--eval-batch-size", "16", "--methods", "feature_kd", "--no-progress"]
