@@ -117,7 +117,6 @@ FULL = {"batch": 64, "audio_hw": (257, 1004), "video_thw": (2, 224, 224), "width
 SMALL = {"batch": 16, "audio_hw": (64, 128), "video_thw": (2, 48, 48), "width": 16}  # a 2-core CPU
 NUM_CLASSES = 6  # CREMA-D emotions
 RESNET_ARCHS = ("resnet18", "resnet10")  # --arch values that put a ResNet on both sides
-TORCH_STAGES = {"resnet18": (2, 2, 2, 2), "resnet10": (1, 1, 1, 1)}  # basic blocks per stage, as ucmkd_jax's STAGES
 
 REQUIRED_KEYS = ("method", "direction", "hypergrad", "dtype", "batch", "device", "compile_s",
                  "ms_per_step_median", "samples_per_s")
@@ -393,12 +392,13 @@ def _jax_fields(jc: JaxCase, times: Optional[List[float]], batch: int) -> dict:
 
 def _torch_case(case: str, direction: str, shapes: dict, dtype: str, device: str, stem: str, seed: int):
     from benchmarks import torch_reference as tr
+    from ucmkd_jax.models.resnet import STAGES  # the torch model's basic blocks per stage, as the JAX one's
 
     return tr.TorchCase(TORCH_METHOD[case], direction, batch=shapes["batch"], audio_hw=shapes["audio_hw"],
                         video_thw=shapes["video_thw"], width=shapes["width"], num_classes=NUM_CLASSES, stem=stem,
                         dtype=dtype, device=device, seed=seed,
                         vit=vit_cases.torch_vit_kwargs(shapes) if "arch" in shapes else None,
-                        stages=TORCH_STAGES[shapes.get("backbone", "resnet18")])
+                        stages=STAGES[shapes.get("backbone", "resnet18")][0])
 
 
 def _torch_fields(case: str, tc, times: List[float], batch: int, dtype: str, interleaved: bool) -> dict:

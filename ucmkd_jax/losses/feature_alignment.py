@@ -77,13 +77,12 @@ OT cost at that fixed epsilon.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import jax
 import jax.numpy as jnp
-import functools
-from typing import TYPE_CHECKING
 
 from ucmkd_jax.overrides import bounded, validate
 from ucmkd_jax.precision import at_least_f32
